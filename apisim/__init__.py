@@ -1,0 +1,1 @@
+"""An in-process apiserver simulator for nodes, services, endpoints and endpointslices."""

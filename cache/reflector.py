@@ -1,0 +1,301 @@
+"""List-then-watch against the apiserver for one resource, like client-go's reflector.
+
+- Lists in pages, then watches from the list's RV with bookmarks requested.
+- A normal end of the watch resumes from the last RV; a 410 relists.
+- A read timeout detects dead (half-open) connections.
+- Errors back off exponentially with jitter, capped; 429's Retry-After is honoured.
+- The HTTP status is checked here: nothing upstream of us raises on 4xx/5xx.
+- Events that cannot be trusted (a wrong kind, no resourceVersion) make it relist, since
+  skipping one silently could leave the cache wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlencode
+
+import aiohttp
+import orjson
+
+from cache.upstream import USER_AGENT, UpstreamClient
+from kubeapi.resources import Resource
+from kubeapi.types import JSONDict
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def replace(self, resource: Resource, items: list[JSONDict], rv: int) -> None: ...
+    def apply(self, resource: Resource, type_: str, obj: JSONDict) -> None: ...
+    def bookmark(self, resource: Resource, rv: int) -> None: ...
+
+
+@dataclass
+class ReflectorSettings:
+    page_size: int = 500
+    # No byte for this long means the connection is dead; the apiserver bookmarks every ~60 s.
+    read_timeout: float = 90.0
+    watch_timeout_min: int = 300
+    watch_timeout_max: int = 600
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    connect_timeout: float = 10.0
+
+
+@dataclass
+class UpstreamState:
+    """What the reflector last saw; read by /readyz, metrics and the debug pages."""
+
+    connected: bool = False
+    synced_once: bool = False
+    last_error: str = ""
+    lists: int = 0
+    relists: int = 0
+    reconnects: int = 0
+    events: int = 0
+    last_event_at: float = 0.0
+
+
+class UpstreamError(Exception):
+    def __init__(self, message: str, *, status: int = 0, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _Expired(Exception):
+    pass
+
+
+class _Untrusted(Exception):
+    """An event we could not apply: the cache may have missed a change, so relist."""
+
+
+def _parse_rv(value: object) -> int:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise _Untrusted(f"bad resourceVersion {value!r}")
+
+
+class Reflector:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        resource: Resource,
+        sink: Sink,
+        settings: ReflectorSettings | None = None,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.sink = sink
+        self.settings = settings or ReflectorSettings()
+        self.state = UpstreamState()
+        self.rv = 0
+        self._need_list = True
+        self._backoff = self.settings.backoff_initial
+
+    async def run(self) -> None:
+        name = self.resource.plural
+        while True:
+            try:
+                if self._need_list:
+                    await self._list()
+                    self._need_list = False
+                await self._watch()
+            except asyncio.CancelledError:
+                raise
+            except _Expired:
+                log.info("upstream %s: resourceVersion %d expired, relisting", name, self.rv)
+                self._need_list = True
+                await self._sleep(0)
+            except _Untrusted as exc:
+                log.warning("upstream %s: %s; relisting", name, exc)
+                self._need_list = True
+                await self._sleep(0)
+            except (aiohttp.ClientError, TimeoutError, UpstreamError, OSError) as exc:
+                msg = _describe(exc)
+                if self.state.connected or msg != self.state.last_error:
+                    log.warning("upstream %s: connection lost or failed: %s", name, msg)
+                self.state.connected = False
+                self.state.last_error = msg
+                self.state.reconnects += 1
+                await self._sleep(exc.retry_after if isinstance(exc, UpstreamError) else 0)
+
+    async def _sleep(self, at_least: float) -> None:
+        # Full jitter keeps a fleet of edge nodes from reconnecting in lockstep.
+        delay = max(at_least, random.uniform(self._backoff / 2, self._backoff))
+        self._backoff = min(self._backoff * 2, self.settings.backoff_max)
+        await asyncio.sleep(delay)
+
+    async def _get(self, params: dict[str, str], timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        headers.update(await self.client.auth_headers())
+        url = self.client.url(self.resource.collection_path() + "?" + urlencode(params))
+        resp = await self.client.session.get(
+            url, headers=headers, timeout=timeout, **self.client.request_kwargs()
+        )
+        if resp.status != 200:
+            body = await resp.read()
+            resp.release()
+            status = _status_of(body)
+            if resp.status == 410 or status.get("code") == 410:
+                raise _Expired()
+            retry = resp.headers.get("Retry-After", "")
+            raise UpstreamError(
+                f"HTTP {resp.status}: {status.get('message') or body[:200]!r}",
+                status=resp.status,
+                retry_after=float(retry) if retry.isdigit() else 0.0,
+            )
+        return resp
+
+    async def _list(self) -> None:
+        s = self.settings
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout)
+        items: list[JSONDict] = []
+        params = {"limit": str(s.page_size)}
+        list_rv = 0
+        while True:
+            resp = await self._get(params, timeout)
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
+            if resp.headers.get("Content-Encoding") == "gzip":
+                import gzip
+
+                body = gzip.decompress(body)
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamError(f"list: response is not JSON: {exc}") from exc
+            if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
+                raise UpstreamError("list: response is not a list object")
+            meta = doc.get("metadata") or {}
+            try:
+                page_rv = _parse_rv(meta.get("resourceVersion"))
+            except _Untrusted as exc:
+                raise UpstreamError(f"list: {exc}") from exc
+            list_rv = list_rv or page_rv
+            for item in doc.get("items") or []:
+                if _valid_object(item):
+                    item.pop("kind", None)
+                    item.pop("apiVersion", None)
+                    items.append(item)
+                else:
+                    log.warning("upstream %s: skipping malformed list item", self.resource.plural)
+            token = meta.get("continue")
+            if not token:
+                break
+            params = {"limit": str(s.page_size), "continue": str(token)}
+        self.sink.replace(self.resource, items, list_rv)
+        self.rv = list_rv
+        st = self.state
+        st.lists += 1
+        if st.synced_once:
+            st.relists += 1
+            log.info("upstream %s: relisted %d objects at resourceVersion %d",
+                     self.resource.plural, len(items), list_rv)
+        else:
+            log.info("upstream %s: listed %d objects at resourceVersion %d", self.resource.plural, len(items), list_rv)
+        st.synced_once = True
+        st.connected = True
+        st.last_error = ""
+
+    async def _watch(self) -> None:
+        s = self.settings
+        params = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": str(self.rv),
+            "timeoutSeconds": str(random.randint(s.watch_timeout_min, s.watch_timeout_max)),
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout)
+        resp = await self._get(params, timeout)
+        st = self.state
+        if not st.connected:
+            log.info("upstream %s: connected, watching from resourceVersion %d", self.resource.plural, self.rv)
+        st.connected = True
+        st.last_error = ""
+        started = time.monotonic()
+        events = 0
+        try:
+            while True:
+                line = await resp.content.readline()
+                if not line:
+                    break
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    ev = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    # A torn line means a broken stream: resume from the last applied RV.
+                    raise UpstreamError(f"watch: undecodable event ({exc})") from exc
+                self._handle(ev)
+                events += 1
+        finally:
+            resp.release()
+        if events or time.monotonic() - started > 1:
+            self._backoff = s.backoff_initial
+        else:
+            # An empty, very short watch: don't spin.
+            await self._sleep(0)
+
+    def _handle(self, ev: object) -> None:
+        if not isinstance(ev, dict) or not isinstance(ev.get("object"), dict):
+            raise _Untrusted("watch event is not an object")
+        type_ = ev.get("type")
+        obj: JSONDict = ev["object"]
+        if type_ == "ERROR":
+            if obj.get("code") == 410:
+                raise _Expired()
+            raise UpstreamError(f"watch error: {obj.get('message', obj)}", status=int(obj.get("code") or 0))
+        kind = obj.get("kind")
+        if kind is not None and kind != self.resource.kind:
+            raise _Untrusted(f"watch event of kind {kind!r}, expected {self.resource.kind}")
+        rv = _parse_rv((obj.get("metadata") or {}).get("resourceVersion"))
+        if type_ == "BOOKMARK":
+            self.sink.bookmark(self.resource, rv)
+        elif type_ in ("ADDED", "MODIFIED", "DELETED"):
+            if not _valid_object(obj):
+                raise _Untrusted("watch event object has no metadata.name")
+            obj.pop("kind", None)
+            obj.pop("apiVersion", None)
+            self.sink.apply(self.resource, type_, obj)
+            self.state.events += 1
+            self.state.last_event_at = time.time()
+        else:
+            raise _Untrusted(f"unknown watch event type {type_!r}")
+        self.rv = max(self.rv, rv)
+
+
+def _valid_object(obj: object) -> bool:
+    if not isinstance(obj, dict):
+        return False
+    meta = obj.get("metadata")
+    return (
+        isinstance(meta, dict)
+        and isinstance(meta.get("name"), str)
+        and bool(meta["name"])
+        and isinstance(meta.get("resourceVersion"), str)
+        and meta["resourceVersion"].isdigit()
+    )
+
+
+def _status_of(body: bytes) -> JSONDict:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return f"no data within the read timeout ({type(exc).__name__})"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,102 @@
+"""The API resources this project caches and serves, and how their URLs look."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One REST resource: enough to build paths, kinds and list kinds."""
+
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    # Field selectors the apiserver accepts beyond metadata.name/metadata.namespace.
+    extra_fields: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def list_kind(self) -> str:
+        return f"{self.kind}List"
+
+    @property
+    def prefix(self) -> str:
+        """Path prefix of the group version, e.g. ``/api/v1`` or ``/apis/discovery.k8s.io/v1``."""
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    @property
+    def supported_fields(self) -> tuple[str, ...]:
+        base = ("metadata.name", "metadata.namespace") if self.namespaced else ("metadata.name",)
+        return base + self.extra_fields
+
+    def collection_path(self, namespace: str | None = None) -> str:
+        if namespace and self.namespaced:
+            return f"{self.prefix}/namespaces/{namespace}/{self.plural}"
+        return f"{self.prefix}/{self.plural}"
+
+    def object_path(self, name: str, namespace: str | None = None) -> str:
+        return f"{self.collection_path(namespace)}/{name}"
+
+
+NODES = Resource("", "v1", "nodes", "Node", namespaced=False, short_names=("no",))
+SERVICES = Resource(
+    "", "v1", "services", "Service", namespaced=True, short_names=("svc",),
+    extra_fields=("spec.clusterIP", "spec.type"),
+)
+ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints", namespaced=True, short_names=("ep",))
+ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", namespaced=True)
+
+ALL: tuple[Resource, ...] = (NODES, SERVICES, ENDPOINTS, ENDPOINTSLICES)
+BY_PLURAL: dict[str, Resource] = {r.plural: r for r in ALL}
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcePath:
+    """A request path that names one of our resources."""
+
+    resource: Resource
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+_PATH = re.compile(
+    r"^/(?:api/(?P<cv>v1)|apis/(?P<g>[^/]+)/(?P<gv>[^/]+))"
+    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?/?$"
+)
+
+
+def match_path(path: str) -> ResourcePath | None:
+    """Parse ``path`` if it names one of ``ALL`` (collection, object or subresource)."""
+    m = _PATH.match(path)
+    if m is None:
+        return None
+    group = m.group("g") or ""
+    version = m.group("cv") or m.group("gv")
+    res = BY_PLURAL.get(m.group("plural"))
+    if res is None or res.group != group or res.version != version:
+        return None
+    ns = m.group("ns")
+    if ns is not None and not res.namespaced:
+        return None
+    return ResourcePath(res, ns, m.group("name"), m.group("sub"))
+
+
+def object_key(obj: dict[str, object]) -> str:
+    """Cache key ``namespace/name`` (or ``name`` for cluster-scoped objects)."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        raise ValueError("object has no metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("object has no metadata.name")
+    ns = meta.get("namespace")
+    return f"{ns}/{name}" if isinstance(ns, str) and ns else name

@@ -1,0 +1,95 @@
+"""Kubernetes ``Status`` objects, as the apiserver builds them for errors."""
+
+from __future__ import annotations
+
+from kubeapi.types import Status, StatusDetails
+
+_REASON_BY_CODE = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "AlreadyExists",
+    410: "Expired",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+class StatusError(Exception):
+    """An error that is answered to the client as a Kubernetes Status."""
+
+    def __init__(self, status: Status) -> None:
+        super().__init__(status.get("message", ""))
+        self.status = status
+
+    @property
+    def code(self) -> int:
+        return int(self.status.get("code", 500))
+
+
+def failure(code: int, message: str, reason: str | None = None, details: StatusDetails | None = None) -> Status:
+    st: Status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or _REASON_BY_CODE.get(code, ""),
+        "code": code,
+    }
+    if details:
+        st["details"] = details
+    return st
+
+
+def bad_request(message: str) -> StatusError:
+    return StatusError(failure(400, message, "BadRequest"))
+
+
+def not_found(group: str, plural: str, name: str) -> StatusError:
+    what = f"{plural}.{group}" if group else plural
+    return StatusError(
+        failure(404, f'{what} "{name}" not found', "NotFound", {"name": name, "group": group, "kind": plural})
+    )
+
+
+def invalid(kind: str, message: str, field: str = "") -> StatusError:
+    """422 Invalid, as ListOptions validation answers."""
+    cause: dict[str, str] = {"type": "FieldValueForbidden", "message": message}
+    if field:
+        cause["field"] = field
+    details: StatusDetails = {"kind": kind, "causes": [cause]}  # type: ignore[list-item]
+    return StatusError(failure(422, f"{kind}.meta.k8s.io is invalid: {message}", "Invalid", details))
+
+
+def expired(message: str) -> StatusError:
+    """410 Expired: a resourceVersion or continue token older than the history."""
+    return StatusError(failure(410, message, "Expired"))
+
+
+def too_large_rv(requested: int, current: int) -> StatusError:
+    """504 with cause ResourceVersionTooLarge, as the watch cache answers after waiting 3 s."""
+    details: StatusDetails = {
+        "causes": [{"type": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+        "retryAfterSeconds": 1,
+    }
+    return StatusError(
+        failure(504, f"Too large resource version: {requested}, current: {current}", "Timeout", details)
+    )
+
+
+def method_not_allowed(method: str, what: str) -> StatusError:
+    message = f"the server does not allow this method on the requested resource: {method} {what}"
+    return StatusError(failure(405, message, "MethodNotAllowed"))
+
+
+def service_unavailable(message: str) -> StatusError:
+    return StatusError(failure(503, message, "ServiceUnavailable"))

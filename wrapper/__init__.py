@@ -1,0 +1,1 @@
+"""The HTTP front: serves kube-proxy List & Watch from the cache and passes everything else through."""

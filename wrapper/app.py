@@ -1,0 +1,117 @@
+"""The HTTP front: routes each request to the cache-backed handlers or to pass-through."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import orjson
+from aiohttp import web
+
+from cache.upstream import UpstreamClient
+from cache.view import View
+from kubeapi import status
+from kubeapi.resources import match_path
+from kubeapi.status import StatusError
+from wrapper.passthrough import forward
+from wrapper.query import parse_list_options
+from wrapper.serving import ServeSettings, WatchRegistry, serve_get, serve_list, serve_watch, status_response
+
+log = logging.getLogger(__name__)
+
+VIEWS = web.AppKey("views", Mapping[str, View])
+REGISTRY = web.AppKey("watch_registry", WatchRegistry)
+
+
+class Front:
+    def __init__(
+        self,
+        views: Mapping[str, View],
+        ready: Callable[[], bool],
+        upstream: UpstreamClient | None,
+        settings: ServeSettings,
+    ) -> None:
+        self.views = views
+        self.ready = ready
+        self.upstream = upstream
+        self.settings = settings
+        self.registry = WatchRegistry()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._route(request)
+        except StatusError as err:
+            if err.code >= 500 or err.code == 429:
+                log.info("%s %s: %d %s", request.method, request.path_qs, err.code, err.status.get("message"))
+            else:
+                log.info("rejected %s %s: %d %s", request.method, request.path_qs[:300], err.code,
+                         err.status.get("message"))
+            return status_response(err)
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path in ("/healthz", "/livez"):
+            return web.Response(text="ok")
+        if path == "/readyz":
+            return self._readyz()
+        rp = match_path(path)
+        if rp is not None and rp.subresource is None and request.method in ("GET", "HEAD"):
+            view = self.views[rp.resource.plural]
+            opts = parse_list_options(request.query, rp.resource)
+            if rp.name is not None:
+                if opts.watch:
+                    raise status.bad_request("watch on a single object path is not supported; "
+                                             "use a fieldSelector of metadata.name")
+                return await serve_get(request, view, self.settings, rp.namespace, rp.name)
+            if opts.watch:
+                log.debug("watch start %s", request.path_qs)
+                return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry)
+            return await serve_list(request, view, opts, self.settings, rp.namespace)
+        if self.upstream is None:
+            raise status.not_found("", "", path)
+        return await forward(request, self.upstream)
+
+    def _readyz(self) -> web.Response:
+        lines = [f"[{'+' if v.synced else '-'}]cache-{name} {'ok' if v.synced else 'not synced'}"
+                 for name, v in self.views.items()]
+        ok = self.ready()
+        body = "\n".join(lines) + ("\nreadyz check passed\n" if ok else "\nreadyz check failed\n")
+        return web.Response(text=body, status=200 if ok else 503)
+
+    async def on_shutdown(self, _app: web.Application) -> None:
+        # End open watches cleanly so kube-proxy reconnects (to the next wrapper) at once.
+        self.registry.closing = True
+        for view in self.views.values():
+            view.wake()
+
+
+@web.middleware
+async def _no_tracebacks(request: web.Request, handler: Callable[[web.Request], object]) -> web.StreamResponse:
+    try:
+        resp = await handler(request)  # type: ignore[misc]
+        assert isinstance(resp, web.StreamResponse)
+        return resp
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("internal error serving %s %s", request.method, request.path_qs[:300])
+        st = status.failure(500, "internal error in application-grid-wrapper; see its log", "InternalError")
+        return web.Response(body=orjson.dumps(st), status=500, content_type="application/json")
+
+
+def build_app(
+    views: Mapping[str, View],
+    ready: Callable[[], bool],
+    upstream: UpstreamClient | None,
+    settings: ServeSettings | None = None,
+    *,
+    client_max_size: int = 3 << 20,
+) -> web.Application:
+    front = Front(views, ready, upstream, settings or ServeSettings())
+    app = web.Application(middlewares=[_no_tracebacks], client_max_size=client_max_size,
+                          handler_args={"max_field_size": 16384, "max_line_size": 16384})
+    app[VIEWS] = views
+    app[REGISTRY] = front.registry
+    app.router.add_route("*", "/{tail:.*}", front.handle)
+    app.on_shutdown.append(front.on_shutdown)
+    return app

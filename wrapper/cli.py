@@ -1,0 +1,199 @@
+"""Command line: ``application-grid-wrapper [flags]`` runs the wrapper; ``... demo`` runs the demo.
+
+Start-up errors are one clear line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import uvloop
+from aiohttp import web
+
+from cache.cluster import ClusterCache
+from cache.informers import Informers
+from cache.reflector import ReflectorSettings
+from cache.upstream import ConfigError, UpstreamClient
+from wrapper.app import build_app
+from wrapper.serving import ServeSettings
+
+log = logging.getLogger("application-grid-wrapper")
+
+DEFAULT_BIND = "127.0.0.1:51006"
+
+
+class StartupError(Exception):
+    """Printed as one line; the process exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bind-address", type=parse_address, default=parse_address(DEFAULT_BIND),
+                   help=f"address kube-proxy connects to (default {DEFAULT_BIND})")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity (default info)")
+    p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-private-key-file", help="private key for --tls-cert-file (PEM)")
+    p.add_argument("--bookmark-interval", type=float, default=60.0, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="application-grid-wrapper",
+        description="Node-local topology proxy between kube-proxy and the apiserver. "
+        "Run 'application-grid-wrapper demo' for a self-contained demo.",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig for the real apiserver (default: in-cluster config)")
+    p.add_argument("--hostname", default=os.environ.get("NODE_NAME"),
+                   help="name of the local node (default: $NODE_NAME)")
+    _common(p)
+    return p
+
+
+def build_demo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="application-grid-wrapper demo",
+        description="Start an in-process apiserver simulator seeded with the ServiceGrid example "
+        "and the wrapper in front of it, as node bj-1.",
+    )
+    p.add_argument("--hostname", default="bj-1", help="local node the demo wrapper runs as (default bj-1)")
+    p.add_argument("--simulator-address", type=parse_address, default=parse_address("127.0.0.1:51008"),
+                   help="where the simulated apiserver listens (default 127.0.0.1:51008)")
+    p.add_argument("--run-seconds", type=float, default=0, help=argparse.SUPPRESS)
+    _common(p)
+    return p
+
+
+@dataclass
+class Running:
+    runner: web.AppRunner
+    informers: Informers
+    cache: ClusterCache
+    url: str
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise StartupError("--tls-cert-file and --tls-private-key-file must be given together", 2)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load TLS certificate {cert} / key {key}: {exc}", 2) from exc
+    # aiohttp speaks HTTP/1.1 only; don't let Go clients negotiate h2.
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def start_wrapper(
+    client: UpstreamClient,
+    hostname: str,
+    bind: tuple[str, int],
+    *,
+    tls: ssl.SSLContext | None = None,
+    serve: ServeSettings | None = None,
+    reflect: ReflectorSettings | None = None,
+) -> Running:
+    """Start the informers and the HTTP front; used by the CLI, the demo and the tests."""
+    cache = ClusterCache(hostname)
+    informers = Informers(client, cache, reflect)
+    app = build_app(cache.views, lambda: cache.ready, client, serve)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, bind[0], bind[1], ssl_context=tls)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {bind[0]}:{bind[1]}: {exc.strerror or exc}") from exc
+    informers.start()
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    port = sockets[0].getsockname()[1] if sockets else bind[1]
+    scheme = "https" if tls else "http"
+    host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]
+    return Running(runner, informers, cache, f"{scheme}://{host}:{port}")
+
+
+async def stop_wrapper(running: Running) -> None:
+    await running.runner.cleanup()
+    await running.informers.stop()
+
+
+async def _wait_for_signal(run_seconds: float = 0) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if run_seconds:
+        loop.call_later(run_seconds, stop.set)
+    await stop.wait()
+
+
+async def serve_main(args: argparse.Namespace) -> None:
+    if not args.hostname:
+        raise StartupError("the local node name is unknown: pass --hostname or set NODE_NAME", 2)
+    tls = _tls_context(args.tls_cert_file, args.tls_private_key_file)
+    try:
+        client = await UpstreamClient.from_kubeconfig(args.kubeconfig)
+    except ConfigError as exc:
+        raise StartupError(str(exc), 2) from exc
+    running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
+                                  serve=ServeSettings(bookmark_interval=args.bookmark_interval))
+    log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
+    try:
+        await _wait_for_signal()
+        log.info("shutting down")
+    finally:
+        await stop_wrapper(running)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiohttp's access log would print one line per watch event batch; we log our own.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        args = build_demo_parser().parse_args(argv[1:])
+        from wrapper.demo import demo_main
+
+        coro = demo_main(args)
+    else:
+        args = build_parser().parse_args(argv)
+        coro = serve_main(args)
+    configure_logging(args.log_level)
+    try:
+        uvloop.run(coro)
+    except StartupError as exc:
+        print(f"application-grid-wrapper: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,56 @@
+"""Everything we don't serve from the cache goes to the apiserver unchanged, streamed both ways.
+
+Bodies are never parsed or buffered: protobuf event POSTs, discovery documents and
+watches of other resources are copied chunk by chunk, with compression left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from cache.upstream import UpstreamClient
+from kubeapi import status
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 hop-by-hop headers, plus ones aiohttp recomputes for each leg.
+_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+    "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+})
+
+
+async def forward(request: web.Request, client: UpstreamClient) -> web.StreamResponse:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+    if "Authorization" not in request.headers:
+        headers.update(await client.auth_headers())
+    url = URL(client.base_url + request.raw_path, encoded=True)
+    body = request.content if request.body_exists else None
+    resp: web.StreamResponse | None = None
+    try:
+        async with client.session.request(
+            request.method, url, headers=headers, data=body, allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), **client.request_kwargs(),
+        ) as upstream:
+            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for k, v in upstream.headers.items():
+                if k.lower() not in _HOP:
+                    resp.headers.add(k, v)
+            await resp.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        if resp is not None and resp.prepared:
+            # Mid-stream: all we can do is end the response; the client sees EOF and retries.
+            log.info("pass-through %s %s ended early: %s", request.method, request.path, exc)
+            return resp
+        log.warning("pass-through %s %s: apiserver unreachable: %s", request.method, request.path, exc)
+        st = status.failure(503, f"the apiserver is unreachable from the wrapper: {exc}", "ServiceUnavailable")
+        return web.Response(body=orjson.dumps(st), status=503, content_type="application/json")
