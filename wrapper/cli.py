@@ -91,7 +91,7 @@ class Running:
     url: str
 
 
-def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     if not cert and not key:
         return None
     if not (cert and key):
@@ -140,7 +140,7 @@ async def stop_wrapper(running: Running) -> None:
     await running.informers.stop()
 
 
-async def _wait_for_signal(run_seconds: float = 0) -> None:
+async def wait_for_signal(run_seconds: float = 0) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -153,7 +153,7 @@ async def _wait_for_signal(run_seconds: float = 0) -> None:
 async def serve_main(args: argparse.Namespace) -> None:
     if not args.hostname:
         raise StartupError("the local node name is unknown: pass --hostname or set NODE_NAME", 2)
-    tls = _tls_context(args.tls_cert_file, args.tls_private_key_file)
+    tls = tls_context(args.tls_cert_file, args.tls_private_key_file)
     try:
         client = await UpstreamClient.from_kubeconfig(args.kubeconfig)
     except ConfigError as exc:
@@ -162,7 +162,7 @@ async def serve_main(args: argparse.Namespace) -> None:
                                   serve=ServeSettings(bookmark_interval=args.bookmark_interval))
     log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
     try:
-        await _wait_for_signal()
+        await wait_for_signal()
         log.info("shutting down")
     finally:
         await stop_wrapper(running)

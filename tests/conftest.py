@@ -1,0 +1,61 @@
+"""Shared fixtures: the apiserver simulator and the wrapper in front of it, on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from apisim.seeds import servicegrid_demo
+from apisim.server import Simulator
+from cache.reflector import ReflectorSettings
+from cache.upstream import UpstreamClient
+from wrapper.cli import Running, start_wrapper, stop_wrapper
+from wrapper.serving import ServeSettings
+
+LOCAL_NODE = "bj-1"
+
+
+async def wait_ready(running: Running, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if running.cache.ready:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("wrapper did not sync from the simulator")
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    s = Simulator()
+    s.load(servicegrid_demo())
+    await s.start("127.0.0.1", 0)
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+def fast_settings() -> tuple[ServeSettings, ReflectorSettings]:
+    return (ServeSettings(bookmark_interval=1.0),
+            ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5))
+
+
+@pytest.fixture
+async def wrapper(sim: Simulator) -> AsyncIterator[Running]:
+    serve, reflect = fast_settings()
+    running = await start_wrapper(UpstreamClient(sim.url), LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
+                                  reflect=reflect)
+    try:
+        await wait_ready(running)
+        yield running
+    finally:
+        await stop_wrapper(running)
+
+
+@pytest.fixture
+def kube_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
