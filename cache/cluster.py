@@ -10,13 +10,14 @@ filtered content changed get an event.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-from filters.keys import MalformedKeys, TopologyKeys, parse_topology_keys
-from filters.topology import TopologyContext, filter_endpoint_slices, filter_endpoints
+from typing import Any
 
 from cache.view import View
+from filters.keys import MalformedKeys, TopologyKeys, parse_topology_keys
+from filters.topology import TopologyContext, filter_endpoint_slices, filter_endpoints
 from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
 from kubeapi.types import Endpoints, EndpointSlice, JSONDict
 
@@ -85,7 +86,11 @@ class ClusterCache:
         self.ready = False
         # Counters for metrics and the debug page.
         self.refilter_runs = 0
+        self.refilter_seconds = 0.0
         self.synthetic_events = 0
+        self.events_in: dict[str, int] = {r.plural: 0 for r in ALL}
+        # Per opted-in Service: (endpoints kept, endpoints dropped) in its slices right now.
+        self.topology_counts: dict[str, tuple[int, int]] = {}
 
     # ---- reflector sink --------------------------------------------------------------
 
@@ -117,6 +122,7 @@ class ClusterCache:
         """One upstream watch event (ADDED, MODIFIED or DELETED)."""
         rv = _rv_of(obj)
         raw = self._raw[resource.plural]
+        self.events_in[resource.plural] += 1
         if not self.ready:
             # Still loading: the first full build computes everything at once.
             if type_ == "DELETED":
@@ -158,9 +164,9 @@ class ClusterCache:
         for key, svc in self._raw[SERVICES.plural].objects.items():
             self._index_service(key, svc)
         for key, sl in self._raw[ENDPOINTSLICES.plural].objects.items():
-            svc = _service_of_slice(sl)
-            if svc:
-                self._slices_by_service.setdefault(svc, set()).add(key)
+            owner = _service_of_slice(sl)
+            if owner:
+                self._slices_by_service.setdefault(owner, set()).add(key)
         for res in (NODES, SERVICES):
             raw = self._raw[res.plural]
             self.views[res.plural].reset(raw.objects.values(), raw.rv)
@@ -285,6 +291,13 @@ class ClusterCache:
 
     def _refilter(self, services: set[str], rv: int) -> None:
         self.refilter_runs += 1
+        started = time.perf_counter()
+        try:
+            self._refilter_services(services, rv)
+        finally:
+            self.refilter_seconds += time.perf_counter() - started
+
+    def _refilter_services(self, services: set[str], rv: int) -> None:
         slices_view = self.views[ENDPOINTSLICES.plural]
         outputs: dict[str, JSONDict] = {}
         for svc in services:
@@ -311,9 +324,12 @@ class ClusterCache:
         keys = self.service_keys.get(svc_key)
         slices = self.slices_of(svc_key)
         if not isinstance(keys, TopologyKeys):
-            return {_key(s): s for s in slices}  # type: ignore[arg-type]
+            self.topology_counts.pop(svc_key, None)
+            return {_key(s): s for s in slices}  # type: ignore[misc,arg-type]
         decision = filter_endpoint_slices(self.context(), keys, slices)
-        return {_key(s): s for s in decision.slices}  # type: ignore[arg-type]
+        kept = sum(1 for d in decision.endpoints_detail if d.kept)
+        self.topology_counts[svc_key] = (kept, len(decision.endpoints_detail) - kept)
+        return {_key(s): s for s in decision.slices}  # type: ignore[misc,arg-type]
 
     def _filtered_endpoints(self, key: str, obj: JSONDict) -> JSONDict:
         keys = self.service_keys.get(key)
@@ -321,3 +337,43 @@ class ClusterCache:
             return obj
         ep: Endpoints = obj  # type: ignore[assignment]
         return filter_endpoints(self.context(), keys, ep).endpoints  # type: ignore[return-value]
+
+    # ---- explanations (the debug page) --------------------------------------------------
+
+    def explain(self, service: str | None = None) -> dict[str, Any]:
+        """What the local node sees for each opted-in Service, and why, endpoint by endpoint."""
+        ctx = self.context()
+        report: list[dict[str, Any]] = []
+        for key in sorted(self.service_keys):
+            if service is not None and key != service:
+                continue
+            keys = self.service_keys[key]
+            if isinstance(keys, MalformedKeys):
+                report.append({"service": key, "annotation": keys.source, "value": keys.value,
+                               "malformed": keys.reason, "result": "passes unfiltered"})
+                continue
+            if keys is None:
+                continue
+            slices = self.slices_of(key)
+            decision = filter_endpoint_slices(ctx, keys, slices)
+            report.append({
+                "service": key,
+                "annotation": keys.source,
+                "keys": list(keys.keys) + (["*"] if keys.wildcard else []),
+                "families": [
+                    {"family": f.family, "winner": f.winner, "tier": f.tier, "candidates": f.candidates,
+                     "total": f.total, "kept": f.kept, "notes": list(f.notes)}
+                    for f in decision.families
+                ],
+                "endpoints": [
+                    {"slice": d.origin, "addresses": list(d.addresses), "nodeName": d.node_name,
+                     "family": d.family, "ready": d.ready, "kept": d.kept, "reason": d.reason}
+                    for d in decision.endpoints_detail
+                ],
+            })
+        return {
+            "localNode": self.local_node,
+            "localNodeKnown": self.local_node in self.node_labels,
+            "localLabels": self.node_labels.get(self.local_node, {}),
+            "services": report,
+        }

@@ -7,6 +7,8 @@ we control timeouts, which kubernetes-asyncio's watch leaves unset.
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
 from typing import Any
 
@@ -42,14 +44,20 @@ class UpstreamClient:
         from kubernetes_asyncio.client import Configuration
 
         cfg = Configuration()
+        if path and not os.path.isfile(path):  # noqa: ASYNC240 (once, at start-up)
+            raise ConfigError(f"cannot load kubeconfig {path}: no such file")
+        # Its loader warns on its own before raising; we report the error once ourselves.
+        logging.getLogger("kubernetes_asyncio").setLevel(logging.ERROR)
         try:
             if path:
                 await kconfig.load_kube_config(config_file=path, client_configuration=cfg)
             else:
-                kconfig.load_incluster_config(client_configuration=cfg)
+                kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         except Exception as exc:  # the loaders raise many unrelated types
             where = f"kubeconfig {path}" if path else "in-cluster config"
-            raise ConfigError(f"cannot load {where}: {exc}") from exc
+            # YAML errors span several lines; start-up errors must be one line.
+            detail = " ".join(str(exc).split())
+            raise ConfigError(f"cannot load {where}: {detail[:500]}") from exc
         host = str(cfg.host or "")
         if not host.startswith(("http://", "https://")):
             raise ConfigError(f"kubeconfig {path}: server {host!r} is not an http(s) URL")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import orjson
 from aiohttp import web
@@ -19,6 +19,8 @@ from wrapper.serving import ServeSettings, WatchRegistry, serve_get, serve_list,
 
 log = logging.getLogger(__name__)
 
+Middleware = Callable[..., Awaitable[web.StreamResponse]]
+
 VIEWS = web.AppKey("views", Mapping[str, View])
 REGISTRY = web.AppKey("watch_registry", WatchRegistry)
 
@@ -30,12 +32,13 @@ class Front:
         ready: Callable[[], bool],
         upstream: UpstreamClient | None,
         settings: ServeSettings,
+        registry: WatchRegistry | None = None,
     ) -> None:
         self.views = views
         self.ready = ready
         self.upstream = upstream
         self.settings = settings
-        self.registry = WatchRegistry()
+        self.registry = registry or WatchRegistry()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -64,7 +67,6 @@ class Front:
                                              "use a fieldSelector of metadata.name")
                 return await serve_get(request, view, self.settings, rp.namespace, rp.name)
             if opts.watch:
-                log.debug("watch start %s", request.path_qs)
                 return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry)
             return await serve_list(request, view, opts, self.settings, rp.namespace)
         if self.upstream is None:
@@ -105,10 +107,12 @@ def build_app(
     upstream: UpstreamClient | None,
     settings: ServeSettings | None = None,
     *,
+    registry: WatchRegistry | None = None,
+    middlewares: Sequence[Middleware] = (),
     client_max_size: int = 3 << 20,
 ) -> web.Application:
-    front = Front(views, ready, upstream, settings or ServeSettings())
-    app = web.Application(middlewares=[_no_tracebacks], client_max_size=client_max_size,
+    front = Front(views, ready, upstream, settings or ServeSettings(), registry)
+    app = web.Application(middlewares=[*middlewares, _no_tracebacks], client_max_size=client_max_size,
                           handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[VIEWS] = views
     app[REGISTRY] = front.registry

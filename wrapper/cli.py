@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -23,11 +24,15 @@ from cache.informers import Informers
 from cache.reflector import ReflectorSettings
 from cache.upstream import ConfigError, UpstreamClient
 from wrapper.app import build_app
-from wrapper.serving import ServeSettings
+from wrapper.debug import Debug
+from wrapper.logs import configure_logging
+from wrapper.metrics import Metrics
+from wrapper.serving import ServeSettings, WatchRegistry
 
 log = logging.getLogger("application-grid-wrapper")
 
 DEFAULT_BIND = "127.0.0.1:51006"
+DEFAULT_DEBUG_BIND = "127.0.0.1:51007"
 
 
 class StartupError(Exception):
@@ -49,8 +54,15 @@ def parse_address(value: str) -> tuple[str, int]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind-address", type=parse_address, default=parse_address(DEFAULT_BIND),
                    help=f"address kube-proxy connects to (default {DEFAULT_BIND})")
+    p.add_argument("--debug-bind-address", type=parse_address, default=parse_address(DEFAULT_DEBUG_BIND),
+                   help=f"listener for /metrics and /debug/* (default {DEFAULT_DEBUG_BIND})")
+    p.add_argument("--profiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve /debug/pprof/* on the debug listener (default on)")
+    p.add_argument("--insecure-allow-remote", action="store_true",
+                   help="allow non-loopback listeners without TLS (the debug listener never has TLS)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="log verbosity (default info)")
+    p.add_argument("--log-format", default="text", choices=["text", "json"], help="log format (default text)")
     p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-private-key-file", help="private key for --tls-cert-file (PEM)")
     p.add_argument("--bookmark-interval", type=float, default=60.0, help=argparse.SUPPRESS)
@@ -89,6 +101,9 @@ class Running:
     informers: Informers
     cache: ClusterCache
     url: str
+    watches: WatchRegistry
+    debug_runner: web.AppRunner | None = None
+    debug_url: str = ""
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -114,12 +129,33 @@ async def start_wrapper(
     tls: ssl.SSLContext | None = None,
     serve: ServeSettings | None = None,
     reflect: ReflectorSettings | None = None,
+    debug: tuple[str, int] | None = None,
+    profiling: bool = True,
 ) -> Running:
-    """Start the informers and the HTTP front; used by the CLI, the demo and the tests."""
+    """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests."""
     cache = ClusterCache(hostname)
     informers = Informers(client, cache, reflect)
-    app = build_app(cache.views, lambda: cache.ready, client, serve)
+    watches = WatchRegistry()
+    metrics = Metrics(cache, informers, watches)
+    app = build_app(cache.views, lambda: cache.ready, client, serve, registry=watches,
+                    middlewares=[metrics.middleware()])
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None)
+    url = await _listen(runner, bind, tls)
+    debug_runner = None
+    debug_url = ""
+    if debug is not None:
+        debug_app = Debug(cache, informers, watches, metrics, profiling=profiling).app()
+        debug_runner = web.AppRunner(debug_app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+        try:
+            debug_url = await _listen(debug_runner, debug, None)
+        except StartupError:
+            await runner.cleanup()
+            raise
+    informers.start()
+    return Running(runner, informers, cache, url, watches, debug_runner, debug_url)
+
+
+async def _listen(runner: web.AppRunner, bind: tuple[str, int], tls: ssl.SSLContext | None) -> str:
     await runner.setup()
     site = web.TCPSite(runner, bind[0], bind[1], ssl_context=tls)
     try:
@@ -127,16 +163,17 @@ async def start_wrapper(
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {bind[0]}:{bind[1]}: {exc.strerror or exc}") from exc
-    informers.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    sockets = getattr(site._server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else bind[1]
     scheme = "https" if tls else "http"
     host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]
-    return Running(runner, informers, cache, f"{scheme}://{host}:{port}")
+    return f"{scheme}://{host}:{port}"
 
 
 async def stop_wrapper(running: Running) -> None:
     await running.runner.cleanup()
+    if running.debug_runner is not None:
+        await running.debug_runner.cleanup()
     await running.informers.stop()
 
 
@@ -150,6 +187,26 @@ async def wait_for_signal(run_seconds: float = 0) -> None:
     await stop.wait()
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_exposure(args: argparse.Namespace, has_tls: bool) -> None:
+    """Refuse to expose kube-proxy's view or the debug pages beyond the node by accident."""
+    if args.insecure_allow_remote:
+        return
+    host = args.bind_address[0]
+    if not has_tls and not is_loopback(host):
+        raise StartupError(f"refusing to serve plain HTTP on non-loopback address {host}: give "
+                           "--tls-cert-file/--tls-private-key-file, or --insecure-allow-remote", 2)
+    if not is_loopback(args.debug_bind_address[0]):
+        raise StartupError(f"refusing to serve the debug listener on non-loopback address "
+                           f"{args.debug_bind_address[0]} without --insecure-allow-remote", 2)
+
+
 async def serve_main(args: argparse.Namespace) -> None:
     if not args.hostname:
         raise StartupError("the local node name is unknown: pass --hostname or set NODE_NAME", 2)
@@ -158,24 +215,16 @@ async def serve_main(args: argparse.Namespace) -> None:
         client = await UpstreamClient.from_kubeconfig(args.kubeconfig)
     except ConfigError as exc:
         raise StartupError(str(exc), 2) from exc
+    check_exposure(args, tls is not None)
     running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
-                                  serve=ServeSettings(bookmark_interval=args.bookmark_interval))
+                                  serve=ServeSettings(bookmark_interval=args.bookmark_interval),
+                                  debug=args.debug_bind_address, profiling=args.profiling)
     log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
     try:
         await wait_for_signal()
         log.info("shutting down")
     finally:
         await stop_wrapper(running)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # aiohttp's access log would print one line per watch event batch; we log our own.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
         coro = serve_main(args)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         uvloop.run(coro)
     except StartupError as exc:

@@ -13,8 +13,9 @@ import logging
 
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
+
 from cache.upstream import UpstreamClient
-from wrapper.cli import StartupError, tls_context, wait_for_signal, start_wrapper, stop_wrapper
+from wrapper.cli import StartupError, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.serving import ServeSettings
 
 log = logging.getLogger("application-grid-wrapper")

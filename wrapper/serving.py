@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -143,13 +144,33 @@ async def serve_get(
     return json_response(view.typed(entry.raw))
 
 
+@dataclass
+class WatchInfo:
+    """One open client watch, for the debug page and metrics."""
+
+    resource: str
+    query: str
+    peer: str
+    started: float
+    view: View
+    cursor: int = 0
+    events_out: int = 0
+
+    @property
+    def backlog(self) -> int:
+        """History events not yet sent to this client (selectors may skip some)."""
+        return max(self.view.head() - self.cursor, 0)
+
+
 class WatchRegistry:
-    """Open watch responses, so shutdown can end them and tests can count them."""
+    """Open watch responses, so shutdown can end them, and debug pages and tests can count them."""
 
     def __init__(self) -> None:
         self.open: weakref.WeakSet[web.StreamResponse] = weakref.WeakSet()
         self.tasks: set[asyncio.Task[object]] = set()
+        self.watches: dict[asyncio.Task[object], WatchInfo] = {}
         self.closing = False
+        self.events_out = 0
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -174,15 +195,19 @@ async def serve_watch(
     assert task is not None
     registry.open.add(resp)
     registry.tasks.add(task)
+    info = WatchInfo(view.resource.plural, request.query_string, str(request.remote), time.time(), view, view.head())
+    registry.watches[task] = info
     view.watchers += 1
+    log.debug("watch start %s from %s", request.path_qs, request.remote)
     try:
-        await _stream(resp, view, opts, settings, writer, registry)
+        await _stream(resp, view, opts, settings, writer, registry, info)
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client went away
     finally:
         view.watchers -= 1
         registry.tasks.discard(task)
-        log.debug("watch %s ended", request.path_qs)
+        registry.watches.pop(task, None)
+        log.debug("watch end %s: %d events in %.1fs", request.path_qs, info.events_out, time.time() - info.started)
     return resp
 
 
@@ -193,6 +218,7 @@ async def _stream(
     settings: ServeSettings,
     writer: _EventWriter,
     registry: WatchRegistry,
+    info: WatchInfo,
 ) -> None:
     loop = asyncio.get_running_loop()
     if opts.timeout_seconds is not None:
@@ -214,9 +240,12 @@ async def _stream(
                 lines.append(view.bookmark_line(view.rv, initial_events_end=True))
             body = b"".join(x for x in lines if x)
             if body:
+                info.events_out += len(lines)
+                registry.events_out += len(lines)
                 await resp.write(body)
         else:
             cursor = view.cursor_after(rv)
+        info.cursor = cursor
     except StatusError as err:
         await resp.write(_error_line(err))
         return
@@ -238,7 +267,10 @@ async def _stream(
             cursor = events[-1].seq + 1
             body = b"".join(writer.event(ev) for ev in events)
             if body:
+                info.events_out += len(events)
+                registry.events_out += len(events)
                 await resp.write(body)
+            info.cursor = cursor
             continue
         now = loop.time()
         if now >= deadline:

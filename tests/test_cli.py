@@ -1,0 +1,137 @@
+"""The command line: start-up errors are one clear line, and the process runs as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from wrapper.cli import build_parser, parse_address
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wrapper", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: {server}
+contexts:
+- name: c
+  context:
+    cluster: c
+    user: u
+current-context: c
+users:
+- name: u
+  user:
+    token: secret-token-never-logged
+""")
+    return path
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_defaults_match_the_documented_flags() -> None:
+    args = build_parser().parse_args([])
+    assert args.bind_address == ("127.0.0.1", 51006)
+    assert args.kubeconfig is None
+    assert parse_address("[::1]:8080") == ("::1", 8080)
+
+
+def test_missing_hostname_is_one_line_error() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
+    proc = subprocess.run([sys.executable, "-m", "wrapper", "--bind-address", f"127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert_one_line_error(proc, "--hostname", "NODE_NAME")
+
+
+def test_bad_kubeconfig_is_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("this: [is not a kubeconfig")
+    proc = run_cli("--kubeconfig", str(bad), "--hostname", "bj-1", "--bind-address", f"127.0.0.1:{free_port()}")
+    assert_one_line_error(proc, "kubeconfig")
+
+
+def test_missing_kubeconfig_file_is_one_line_error(tmp_path: Path) -> None:
+    proc = run_cli("--kubeconfig", str(tmp_path / "nope"), "--hostname", "bj-1",
+                   "--bind-address", f"127.0.0.1:{free_port()}")
+    assert_one_line_error(proc, "kubeconfig")
+
+
+def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
+    cfg = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{free_port()}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("--kubeconfig", str(cfg), "--hostname", "bj-1", "--bind-address", f"127.0.0.1:{port}")
+    assert_one_line_error(proc, "cannot listen", str(port))
+
+
+def test_bad_bind_address_is_a_usage_error() -> None:
+    proc = run_cli("--hostname", "bj-1", "--bind-address", "nonsense")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+
+
+async def test_unreachable_apiserver_keeps_retrying_and_stays_not_ready(tmp_path: Path) -> None:
+    cfg = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{free_port()}")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wrapper", "--kubeconfig", str(cfg), "--hostname", "bj-1",
+        "--bind-address", f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        statuses: list[int] = []
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        statuses.append(resp.status)
+                    async with s.get(f"http://127.0.0.1:{port}/livez") as resp:
+                        assert resp.status == 200
+                    if len(statuses) >= 3:
+                        break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        assert statuses and set(statuses) == {503}
+        assert proc.returncode is None  # still running, still retrying
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    text = err.decode()
+    assert "Traceback" not in text
+    assert "secret-token-never-logged" not in text
+
+
+@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"]])
+def test_help_is_available(args: list[str]) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 0
+    assert "--bind-address" in proc.stdout

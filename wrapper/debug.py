@@ -1,0 +1,215 @@
+"""The debug listener: pprof-style profiling, task dumps, cache state, topology decisions, metrics.
+
+It runs on its own port (loopback by default) so kube-proxy's port never serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import io
+import time
+import tracemalloc
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kubeapi import status
+from kubeapi.status import StatusError
+from wrapper.serving import WatchRegistry, status_response
+
+if TYPE_CHECKING:
+    from pyinstrument.frame import Frame
+
+    from cache.cluster import ClusterCache
+    from cache.informers import Informers
+    from wrapper.metrics import Metrics
+
+MAX_PROFILE_SECONDS = 300
+PROFILE_FORMATS = ("html", "speedscope", "collapsed")
+
+_INDEX = """<!doctype html>
+<html><head><title>application-grid-wrapper debug</title></head><body>
+<h1>application-grid-wrapper: /debug/pprof/</h1>
+<ul>
+<li><a href="/debug/pprof/profile?seconds=30">profile</a>: CPU profile of the whole process
+ (<code>?seconds=N</code>, 1&ndash;300, default 30; <code>?format=html|speedscope|collapsed</code>)</li>
+<li><a href="/debug/pprof/heap">heap</a>: top allocations (tracemalloc; starts tracing on first use,
+ <code>?stop=1</code> stops it)</li>
+<li><a href="/debug/pprof/tasks">tasks</a>: every asyncio task with its stack</li>
+<li><a href="/debug/cache">cache</a>: objects, resourceVersion, sync state, history, watchers per resource</li>
+<li><a href="/debug/topology">topology</a>: the local node, and for each opted-in Service the keys, the key
+ that won and every endpoint kept or dropped with the reason (<code>?service=ns/name</code>)</li>
+<li><a href="/metrics">metrics</a>: Prometheus metrics</li>
+</ul>
+<p>Local node: {node}</p>
+</body></html>
+"""
+
+
+def _json(doc: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(doc, option=orjson.OPT_INDENT_2), content_type="application/json")
+
+
+def collapsed_stacks(root: Frame | None) -> str:
+    """Brendan Gregg's folded format (``a;b;c <microseconds>``), for flamegraph tools."""
+    lines: list[str] = []
+
+    def walk(frame: Frame, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], float]]:
+        name = f"{frame.function} ({frame.file_path_short}:{frame.line_no})"
+        here = (*path, name.replace(";", ":"))
+        own = frame.total_self_time
+        if own > 0:
+            yield here, own
+        for child in frame.children:
+            yield from walk(child, here)
+
+    if root is not None:
+        for stack, seconds in walk(root, ()):
+            lines.append(f"{';'.join(stack)} {round(seconds * 1e6)}")
+    return "\n".join(lines) + "\n"
+
+
+class Debug:
+    def __init__(
+        self,
+        cache: ClusterCache,
+        informers: Informers | None,
+        watches: WatchRegistry,
+        metrics: Metrics,
+        *,
+        profiling: bool = True,
+    ) -> None:
+        self.cache = cache
+        self.informers = informers
+        self.watches = watches
+        self.metrics = metrics
+        self.profiling = profiling
+        self._profile_lock = asyncio.Lock()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_status_errors])
+        r = app.router
+        r.add_get("/metrics", self.metrics_page)
+        r.add_get("/debug/cache", self.cache_page)
+        r.add_get("/debug/topology", self.topology_page)
+        if self.profiling:
+            r.add_get("/debug/pprof/", self.index)
+            r.add_get("/debug/pprof", self.index)
+            r.add_get("/debug/pprof/profile", self.profile)
+            r.add_get("/debug/pprof/heap", self.heap)
+            r.add_get("/debug/pprof/tasks", self.tasks)
+        return app
+
+    async def index(self, _request: web.Request) -> web.Response:
+        return web.Response(text=_INDEX.format(node=html.escape(self.cache.local_node)), content_type="text/html")
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def profile(self, request: web.Request) -> web.Response:
+        raw = request.query.get("seconds", "30")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise status.bad_request(f"seconds: {raw[:32]!r} is not a number") from None
+        if not 0 < seconds <= MAX_PROFILE_SECONDS:
+            raise status.bad_request(f"seconds must be in (0, {MAX_PROFILE_SECONDS}], got {raw[:32]}")
+        fmt = request.query.get("format", "html")
+        if fmt not in PROFILE_FORMATS:
+            raise status.bad_request(f"format must be one of {', '.join(PROFILE_FORMATS)}")
+        if self._profile_lock.locked():
+            raise StatusError(status.failure(409, "a profile is already running; try again when it ends",
+                                             "Conflict"))
+        from pyinstrument import Profiler
+        from pyinstrument.renderers import SpeedscopeRenderer
+
+        async with self._profile_lock:
+            # Sampling the event loop's thread covers the whole process: all our work runs there.
+            profiler = Profiler(interval=0.001, async_mode="disabled")
+            profiler.start()
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                session = profiler.stop()
+        if fmt == "speedscope":
+            return web.Response(text=profiler.output(renderer=SpeedscopeRenderer()), content_type="application/json")
+        if fmt == "collapsed":
+            return web.Response(text=collapsed_stacks(session.root_frame()), content_type="text/plain")
+        return web.Response(text=profiler.output_html(), content_type="text/html")
+
+    async def heap(self, request: web.Request) -> web.Response:
+        if request.query.get("stop") in ("1", "true"):
+            tracemalloc.stop()
+            return web.Response(text="tracemalloc stopped\n")
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(10)
+            return web.Response(text="tracemalloc started: allocations from now on are traced; "
+                                     "request this page again to see the top allocations\n")
+        snapshot = tracemalloc.take_snapshot()
+        stats = snapshot.statistics("lineno")
+        current, peak = tracemalloc.get_traced_memory()
+        out = io.StringIO()
+        out.write(f"traced: {current / 2**20:.1f} MiB now, {peak / 2**20:.1f} MiB peak\n")
+        out.write(f"top {min(len(stats), 50)} allocation sites by size:\n")
+        for stat in stats[:50]:
+            out.write(f"{stat.size / 1024:10.1f} KiB {stat.count:8d} blocks  {stat.traceback}\n")
+        return web.Response(text=out.getvalue())
+
+    async def tasks(self, _request: web.Request) -> web.Response:
+        out = io.StringIO()
+        tasks = sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
+        out.write(f"{len(tasks)} asyncio tasks\n\n")
+        for task in tasks:
+            out.write(f"task {task.get_name()} ({'done' if task.done() else 'running'}): {task.get_coro()!r}\n")
+            buf = io.StringIO()
+            task.print_stack(file=buf)
+            out.write(buf.getvalue())
+            out.write("\n")
+        return web.Response(text=out.getvalue())
+
+    async def cache_page(self, _request: web.Request) -> web.Response:
+        now = time.time()
+        resources: dict[str, Any] = {}
+        for name, view in self.cache.views.items():
+            entry: dict[str, Any] = view.stats()
+            entry["upstreamResourceVersion"] = str(self.cache.upstream_rv(view.resource))
+            if self.informers is not None:
+                st = self.informers.reflectors[name].state
+                entry["upstream"] = {"connected": st.connected, "syncedOnce": st.synced_once,
+                                     "lists": st.lists, "relists": st.relists, "reconnects": st.reconnects,
+                                     "events": st.events, "lastError": st.last_error}
+            entry["watches"] = [
+                {"query": w.query, "peer": w.peer, "ageSeconds": round(now - w.started, 1),
+                 "eventsSent": w.events_out, "backlog": w.backlog}
+                for w in self.watches.watches.values() if w.resource == name
+            ]
+            resources[name] = entry
+        return _json({"localNode": self.cache.local_node, "ready": self.cache.ready, "resources": resources,
+                      "refilterRuns": self.cache.refilter_runs,
+                      "refilterSeconds": round(self.cache.refilter_seconds, 6),
+                      "syntheticEvents": self.cache.synthetic_events})
+
+    async def topology_page(self, request: web.Request) -> web.Response:
+        service = request.query.get("service")
+        if service is not None and (service.count("/") != 1 or not all(service.split("/"))):
+            raise status.bad_request(f"service must be namespace/name, got {service[:128]!r}")
+        report = self.cache.explain(service)
+        if service is not None and not report["services"]:
+            raise StatusError(status.failure(
+                404, f"service {service} has no topology annotation (or does not exist); its endpoints pass "
+                "unfiltered", "NotFound"))
+        return _json(report)
+
+
+@web.middleware
+async def _status_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except StatusError as err:
+        return status_response(err)
