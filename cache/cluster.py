@@ -84,6 +84,8 @@ class ClusterCache:
         self._slices_by_service: dict[str, set[str]] = {}
         self._services_by_label: dict[str, set[str]] = {}
         self.ready = False
+        # Bumped by every upstream change; the snapshot persister saves when it moves.
+        self.generation = 0
         # Counters for metrics and the debug page.
         self.refilter_runs = 0
         self.refilter_seconds = 0.0
@@ -97,6 +99,7 @@ class ClusterCache:
     def replace(self, resource: Resource, items: list[JSONDict], rv: int) -> None:
         """A full upstream list. Before the first full sync it just loads; after, it diffs."""
         raw = self._raw[resource.plural]
+        self.generation += 1
         if not self.ready:
             raw.objects = {_key(o): o for o in items}
             raw.rv = rv
@@ -123,6 +126,7 @@ class ClusterCache:
         rv = _rv_of(obj)
         raw = self._raw[resource.plural]
         self.events_in[resource.plural] += 1
+        self.generation += 1
         if not self.ready:
             # Still loading: the first full build computes everything at once.
             if type_ == "DELETED":

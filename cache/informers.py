@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from cache.cluster import ClusterCache
 from cache.reflector import Reflector, ReflectorSettings
@@ -34,3 +35,8 @@ class Informers:
     @property
     def connected(self) -> bool:
         return all(r.state.connected for r in self.reflectors.values())
+
+    def offline_for(self) -> float:
+        """Seconds since some reflector lost the apiserver (0 while all are connected)."""
+        since = [r.state.disconnected_since for r in self.reflectors.values() if not r.state.connected]
+        return time.monotonic() - min(since) if since else 0.0

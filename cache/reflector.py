@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlencode
 
@@ -52,6 +52,8 @@ class UpstreamState:
     """What the reflector last saw; read by /readyz, metrics and the debug pages."""
 
     connected: bool = False
+    # monotonic time the connection was last lost (or the reflector started)
+    disconnected_since: float = field(default_factory=time.monotonic)
     synced_once: bool = False
     last_error: str = ""
     lists: int = 0
@@ -121,6 +123,8 @@ class Reflector:
                 msg = _describe(exc)
                 if self.state.connected or msg != self.state.last_error:
                     log.warning("upstream %s: connection lost or failed: %s", name, msg)
+                if self.state.connected:
+                    self.state.disconnected_since = time.monotonic()
                 self.state.connected = False
                 self.state.last_error = msg
                 self.state.reconnects += 1

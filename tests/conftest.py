@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
+
 from cache.reflector import ReflectorSettings
 from cache.upstream import UpstreamClient
 from wrapper.cli import Running, start_wrapper, stop_wrapper
@@ -46,7 +46,7 @@ def fast_settings() -> tuple[ServeSettings, ReflectorSettings]:
 async def wrapper(sim: Simulator) -> AsyncIterator[Running]:
     serve, reflect = fast_settings()
     running = await start_wrapper(UpstreamClient(sim.url), LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
-                                  reflect=reflect)
+                                  reflect=reflect, debug=("127.0.0.1", 0))
     try:
         await wait_ready(running)
         yield running

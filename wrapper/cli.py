@@ -15,6 +15,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
@@ -22,6 +23,7 @@ from aiohttp import web
 from cache.cluster import ClusterCache
 from cache.informers import Informers
 from cache.reflector import ReflectorSettings
+from cache.snapshot import Identity, Persister, restore
 from cache.upstream import ConfigError, UpstreamClient
 from wrapper.app import build_app
 from wrapper.debug import Debug
@@ -33,6 +35,7 @@ log = logging.getLogger("application-grid-wrapper")
 
 DEFAULT_BIND = "127.0.0.1:51006"
 DEFAULT_DEBUG_BIND = "127.0.0.1:51007"
+DEFAULT_CACHE_DIR = "/var/lib/application-grid-wrapper"
 
 
 class StartupError(Exception):
@@ -77,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", help="kubeconfig for the real apiserver (default: in-cluster config)")
     p.add_argument("--hostname", default=os.environ.get("NODE_NAME"),
                    help="name of the local node (default: $NODE_NAME)")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                   help=f"where the cache is persisted for restarts while offline (default {DEFAULT_CACHE_DIR}; "
+                   "empty disables)")
+    p.add_argument("--snapshot-interval", type=float, default=10.0,
+                   help="write the cache to --cache-dir at most this often, in seconds (default 10)")
+    p.add_argument("--ready-while-offline", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep /readyz ready while the apiserver is unreachable, once synced (default on); "
+                   "with --no-ready-while-offline it turns not ready after --offline-grace seconds")
+    p.add_argument("--offline-grace", type=float, default=30.0, help="see --ready-while-offline (default 30)")
     _common(p)
     return p
 
@@ -104,6 +116,7 @@ class Running:
     watches: WatchRegistry
     debug_runner: web.AppRunner | None = None
     debug_url: str = ""
+    persister: Persister | None = None
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -131,14 +144,31 @@ async def start_wrapper(
     reflect: ReflectorSettings | None = None,
     debug: tuple[str, int] | None = None,
     profiling: bool = True,
+    cache_dir: Path | None = None,
+    snapshot_interval: float = 10.0,
+    offline_grace: float | None = None,
 ) -> Running:
-    """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests."""
+    """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests.
+
+    ``offline_grace``: None keeps /readyz ready once synced, whatever the apiserver does (edge
+    autonomy); a number makes it not ready after the apiserver has been lost that many seconds.
+    """
     cache = ClusterCache(hostname)
     informers = Informers(client, cache, reflect)
+    persister = None
+    if cache_dir is not None:
+        identity = Identity(hostname, client.base_url)
+        restore(cache, cache_dir, identity)
+        persister = Persister(cache, cache_dir, identity, snapshot_interval)
     watches = WatchRegistry()
     metrics = Metrics(cache, informers, watches)
-    app = build_app(cache.views, lambda: cache.ready, client, serve, registry=watches,
-                    middlewares=[metrics.middleware()])
+
+    def ready() -> bool:
+        if not cache.ready:
+            return False
+        return offline_grace is None or informers.offline_for() < offline_grace
+
+    app = build_app(cache.views, ready, client, serve, registry=watches, middlewares=[metrics.middleware()])
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None)
     url = await _listen(runner, bind, tls)
     debug_runner = None
@@ -152,7 +182,9 @@ async def start_wrapper(
             await runner.cleanup()
             raise
     informers.start()
-    return Running(runner, informers, cache, url, watches, debug_runner, debug_url)
+    if persister is not None:
+        persister.start()
+    return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister)
 
 
 async def _listen(runner: web.AppRunner, bind: tuple[str, int], tls: ssl.SSLContext | None) -> str:
@@ -175,6 +207,8 @@ async def stop_wrapper(running: Running) -> None:
     if running.debug_runner is not None:
         await running.debug_runner.cleanup()
     await running.informers.stop()
+    if running.persister is not None:
+        await running.persister.stop()
 
 
 async def wait_for_signal(run_seconds: float = 0) -> None:
@@ -218,7 +252,10 @@ async def serve_main(args: argparse.Namespace) -> None:
     check_exposure(args, tls is not None)
     running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
                                   serve=ServeSettings(bookmark_interval=args.bookmark_interval),
-                                  debug=args.debug_bind_address, profiling=args.profiling)
+                                  debug=args.debug_bind_address, profiling=args.profiling,
+                                  cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                                  snapshot_interval=args.snapshot_interval,
+                                  offline_grace=None if args.ready_while_offline else args.offline_grace)
     log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
     try:
         await wait_for_signal()
