@@ -1,1 +1,5 @@
-"""An in-process apiserver simulator for nodes, services, endpoints and endpointslices."""
+"""An in-process Kubernetes apiserver simulator for nodes, services, endpoints and endpointslices."""
+
+from apisim.server import Simulator
+
+__all__ = ["Simulator"]

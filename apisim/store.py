@@ -26,7 +26,7 @@ class Entry:
     rv: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """One change. For DELETED, ``entry`` is the final object stamped with the delete RV."""
 
@@ -35,6 +35,7 @@ class Event:
     key: str
     entry: Entry
     prev: Entry | None  # the object before the change (None for ADDED)
+    line: bytes | None = None  # the watch line, built once on first use and shared by all watchers
 
 
 class HistoryExpired(Exception):

@@ -1,0 +1,257 @@
+"""HTTP layer: routes every request to discovery, health, events or a resource verb."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from apisim import discovery, errors, listing
+from apisim.patch import PATCH_TYPES
+from apisim.registry import copy_json, now_rfc3339
+from apisim.store import Entry, with_type
+from apisim.watch import TableMode, WatchRequest, run_watch
+from kubeapi import status, tables
+from kubeapi.resources import Resource, ResourcePath, match_path
+from kubeapi.status import StatusError
+from kubeapi.types import JSONDict
+from wrapper.query import parse_list_options
+
+if TYPE_CHECKING:
+    from apisim.server import Simulator
+
+JSON = "application/json"
+_EVENTS = re.compile(r"^/(?:api/v1|apis/events\.k8s\.io/v1)/namespaces/(?P<ns>[^/]+)/events(?:/(?P<name>[^/]+))?/?$")
+_NAMESPACES = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
+_HEALTH = ("/healthz", "/readyz", "/livez")
+_BUILTIN_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
+
+
+def json_response(body: bytes, code: int = 200) -> web.Response:
+    return web.Response(body=body, status=code, content_type=JSON)
+
+
+def status_response(err: StatusError) -> web.Response:
+    return json_response(orjson.dumps(err.status), err.code)
+
+
+def _not_found_path() -> StatusError:
+    return StatusError(status.failure(404, "the server could not find the requested resource", "NotFound",
+                                      {"causes": [{"type": "UnexpectedServerResponse", "message": "404 page not "
+                                                   "found"}]}))
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise status.bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
+
+
+class Handlers:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._dispatch(request)
+        except StatusError as err:
+            return status_response(err)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path in _HEALTH or any(path.startswith(h + "/") for h in _HEALTH):
+            return web.Response(text="ok", content_type="text/plain")
+        if request.method == "GET":
+            host = request.host or f"{self.sim.host}:{self.sim.port}"
+            doc = discovery.document(path, host)
+            if doc is not None:
+                return json_response(doc)
+        m = _EVENTS.match(path)
+        if m:
+            return await self._event(request, m.group("ns"), m.group("name"))
+        m = _NAMESPACES.match(path)
+        if m and request.method == "GET":
+            if request.query.get("watch", "").lower() in ("1", "true", "t"):
+                raise status.method_not_allowed("WATCH", "namespaces")  # read-only, derived; never changes
+            return self._namespaces(m.group("name"))
+        rp = match_path(path)
+        if rp is None:
+            raise _not_found_path()
+        err = self.sim.faults.take()
+        if err is not None:
+            raise err
+        return await self._resource(request, rp)
+
+    # -- resources -----------------------------------------------------------------------
+
+    async def _resource(self, request: web.Request, rp: ResourcePath) -> web.StreamResponse:
+        method, res, reg = request.method, rp.resource, self.sim.registry
+        if rp.subresource not in (None, "status"):
+            raise status.not_found(res.group, f"{res.plural}/{rp.subresource}", rp.name or "")
+        if method == "GET":
+            if rp.name is None:
+                return await self._list_or_watch(request, rp)
+            query = request.query
+            if query.get("watch", "").lower() in ("1", "true", "t"):
+                return await self._list_or_watch(request, rp)
+            return self._object(request, res, reg.get(res, rp.namespace, rp.name))
+        if method == "POST":
+            if rp.name is not None or rp.subresource is not None or (res.namespaced and not rp.namespace):
+                raise status.method_not_allowed(method, res.plural)
+            body = await _body(request)
+            if not isinstance(body, dict):
+                raise status.bad_request("the body must be a JSON object")
+            return self._object(request, res, reg.create(res, body, rp.namespace), 201)
+        if rp.name is None:
+            raise status.method_not_allowed(method, res.plural)
+        if method == "PUT":
+            body = await _body(request)
+            if not isinstance(body, dict):
+                raise status.bad_request("the body must be a JSON object")
+            entry = reg.update(res, body, rp.namespace, rp.name, rp.subresource)
+            return self._object(request, res, entry)
+        if method == "PATCH":
+            ctype = request.content_type
+            if ctype not in PATCH_TYPES:
+                raise errors.unsupported_media_type(ctype)
+            patch = await _body(request)
+            entry = reg.patch(res, rp.namespace, rp.name, patch, ctype, rp.subresource)
+            return self._object(request, res, entry)
+        if method == "DELETE":
+            pre: JSONDict | None = None
+            if request.can_read_body and (await request.read()).strip():
+                opts = await _body(request)  # DeleteOptions
+                if isinstance(opts, dict) and isinstance(opts.get("preconditions"), dict):
+                    pre = opts["preconditions"]
+            return self._object(request, res, reg.delete(res, rp.namespace, rp.name, pre))
+        raise status.method_not_allowed(method, res.plural)
+
+    def _object(self, request: web.Request, res: Resource, entry: Entry, code: int = 200) -> web.Response:
+        accept = request.headers.get("Accept")
+        if tables.wants_table(accept):
+            table = tables.render_table(res, [entry.obj], list_rv=None,
+                                        include_object=request.query.get("includeObject", ""),
+                                        api_version=tables.table_api_version(accept))
+            return json_response(orjson.dumps(table), code)
+        return json_response(with_type(res, entry.raw), code)
+
+    async def _list_or_watch(self, request: web.Request, rp: ResourcePath) -> web.StreamResponse:
+        res = rp.resource
+        query = dict(request.query)
+        token = query.pop("continue", "")
+        opts = parse_list_options(query, res)
+        if token and opts.watch:
+            raise status.bad_request("continue: Forbidden: continue is forbidden for watch")
+        flt = listing.Filter(rp.namespace, opts.label, opts.field, rp.name)
+        accept = request.headers.get("Accept")
+        table = None
+        if tables.wants_table(accept):
+            include = query.get("includeObject", "")
+            if include not in ("", *tables.INCLUDE_OBJECT_VALUES):
+                raise status.bad_request(f'Unable to convert to Table as requested: includeObject: Invalid value: '
+                                         f'"{include}": must be \'Metadata\', \'Object\', \'None\', or empty')
+            table = TableMode(tables.table_api_version(accept), include or "Metadata")
+        if opts.watch:
+            timeout = float(opts.timeout_seconds or self.sim.default_watch_timeout)
+            wreq = WatchRequest(res, flt, opts.resource_version, opts.send_initial_events, opts.allow_bookmarks,
+                                timeout, table)
+            return await self._watch(request, wreq)
+        page = await self._list(res, flt, opts.resource_version, opts.resource_version_match, opts.limit, token)
+        if table is not None:
+            doc = tables.render_table(res, [e.obj for e in page.items], list_rv=str(page.rv),
+                                      include_object=table.include_object, api_version=table.api_version)
+            if page.continue_token:
+                doc["metadata"]["continue"] = page.continue_token
+            return json_response(orjson.dumps(doc))
+        return json_response(listing.list_bytes(res, page))
+
+    async def _list(self, res: Resource, flt: listing.Filter, rv: int | None, match: str, limit: int,
+                    token: str) -> listing.Page:
+        store = self.sim.store
+        rs = store.of(res)
+        start = ""
+        if token:
+            if rv:
+                raise status.bad_request("specifying resource version is not allowed when using continue")
+            rv, start = listing.decode_continue(token)
+            state = listing.exact_state(rs, rv, store.rv, listing.CONTINUE_TOO_OLD)
+        elif rv is None or (rv == 0 and match != "Exact"):
+            if rv == 0 and not self.sim.paginate_rv0:
+                limit = 0  # served "from the watch cache": the apiserver ignores limit for RV=0
+            state, rv = rs.objects, store.rv
+        else:
+            if not await self.sim.wait_rv(rv):
+                raise status.too_large_rv(rv, store.rv)
+            if match == "Exact" or (match == "" and limit):
+                state = listing.exact_state(rs, rv, store.rv, listing.LIST_TOO_OLD)
+            else:
+                state, rv = rs.objects, store.rv
+        keys = rs.sorted_keys() if state is rs.objects else sorted(state)
+        return listing.paginate(state, keys, rv, flt, limit, start)
+
+    async def _watch(self, request: web.Request, wreq: WatchRequest) -> web.StreamResponse:
+        sim = self.sim
+        resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
+        await resp.prepare(request)  # sends the headers now: quiet watches must not look hung
+        sim.watch_ctl.requests[id(request)] = request
+        try:
+            await run_watch(resp, sim.store, sim.watch_ctl, wreq, sim.wait_rv)
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away (or close_watches dropped it)
+        finally:
+            sim.watch_ctl.requests.pop(id(request), None)
+        return resp
+
+    # -- events and namespaces -------------------------------------------------------------
+
+    async def _event(self, request: web.Request, namespace: str, name: str | None) -> web.Response:
+        """Accept kube-proxy's events (often protobuf) and keep the JSON ones for inspection."""
+        api_version = "events.k8s.io/v1" if request.path.startswith("/apis/") else "v1"
+        if request.method not in ("POST", "PATCH", "PUT"):
+            if request.method == "GET" and name is None:
+                body = {"kind": "EventList", "apiVersion": api_version,
+                        "metadata": {"resourceVersion": str(self.sim.store.rv)}, "items": []}
+                return json_response(orjson.dumps(body))
+            raise status.not_found("events.k8s.io" if api_version != "v1" else "", "events", name or "")
+        raw = await request.read()
+        obj: JSONDict = {}
+        if request.content_type == JSON or request.content_type.endswith("+json"):
+            try:
+                parsed = orjson.loads(raw)
+                if isinstance(parsed, dict):
+                    obj = parsed
+            except orjson.JSONDecodeError:
+                pass
+        obj = copy_json(obj)
+        meta = obj.setdefault("metadata", {}) if isinstance(obj.get("metadata", {}), dict) else {}
+        meta.setdefault("name", name or f"apisim.{uuid.uuid4().hex[:16]}")
+        meta["namespace"] = namespace
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", now_rfc3339())
+        meta["resourceVersion"] = str(self.sim.store.rv)
+        obj["metadata"], obj["kind"], obj["apiVersion"] = meta, "Event", api_version
+        self.sim.record_event(obj)
+        return json_response(orjson.dumps(obj), 201 if request.method == "POST" else 200)
+
+    def _namespaces(self, name: str | None) -> web.Response:
+        """Read-only namespaces, derived from the stored objects (kubectl completion, `get ns`)."""
+        names = set(_BUILTIN_NAMESPACES)
+        for rs in self.sim.store.resources.values():
+            if rs.resource.namespaced:
+                names.update(k.split("/", 1)[0] for k in rs.objects)
+        def ns(n: str) -> JSONDict:
+            return {"metadata": {"name": n, "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, n)),
+                                 "creationTimestamp": self.sim.started_at},
+                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+        if name is not None:
+            if name not in names:
+                raise status.not_found("", "namespaces", name)
+            return json_response(orjson.dumps({"kind": "Namespace", "apiVersion": "v1", **ns(name)}))
+        body = {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": str(self.sim.store.rv)},
+                "items": [ns(n) for n in sorted(names)]}
+        return json_response(orjson.dumps(body))

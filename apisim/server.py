@@ -1,0 +1,206 @@
+"""The Simulator: an aiohttp apiserver on 127.0.0.1 plus direct methods for tests and benchmarks.
+
+Direct methods (create/update/patch/delete) are synchronous and go through the same
+registry as HTTP writes, so they bump the RV and wake watchers exactly like HTTP writes.
+They return a private copy of the stored object (without kind/apiVersion, as stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from apisim.faults import Faults
+from apisim.handlers import Handlers
+from apisim.listing import Filter
+from apisim.patch import MERGE
+from apisim.registry import Registry, now_rfc3339
+from apisim.store import Entry, Store, wait_for_change
+from apisim.watch import WatchControl
+from kubeapi.resources import ALL, SERVICES, Resource
+from kubeapi.selectors import parse_field_selector, parse_label_selector
+from kubeapi.types import JSONDict
+
+SeedItems = Iterable[tuple[Resource, JSONDict]]
+Seed = SeedItems | Callable[[], SeedItems]
+_EVENTS_KEPT = 1000
+
+
+def _copy(entry: Entry) -> JSONDict:
+    obj: JSONDict = orjson.loads(entry.raw)
+    return obj
+
+
+class Simulator:
+    """An in-process Kubernetes apiserver for nodes, services, endpoints and endpointslices.
+
+    ``bookmark_interval``: seconds between BOOKMARKs (the apiserver uses ~60).
+    ``too_large_wait``: how long a too-new resourceVersion waits before 504 (apiserver: 3 s).
+    ``default_watch_timeout``: watch duration without ``timeoutSeconds`` (apiserver: 1800-3600 s).
+    ``paginate_rv0``: honour ``limit`` for resourceVersion=0 lists (classic apiservers ignore it).
+    """
+
+    def __init__(self, seed: Seed | None = None, *, history_limit: int = 10_000, bookmark_interval: float = 60.0,
+                 too_large_wait: float = 3.0, default_watch_timeout: float = 1800.0,
+                 paginate_rv0: bool = False) -> None:
+        self.store = Store(history_limit=history_limit)
+        for r in ALL:
+            self.store.of(r)
+        self.registry = Registry(self.store)
+        self.faults = Faults()
+        self.watch_ctl = WatchControl(bookmark_interval=bookmark_interval)
+        self.too_large_wait = too_large_wait
+        self.default_watch_timeout = default_watch_timeout
+        self.paginate_rv0 = paginate_rv0
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.started_at = now_rfc3339()
+        self.events: list[JSONDict] = []  # JSON events clients posted (most recent last, bounded)
+        self.events_received = 0
+        self._runner: web.AppRunner | None = None
+        if seed is not None:
+            self.load(seed)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", Handlers(self).handle)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self.watch_ctl.stopping = False
+        # handler_cancellation: a client that disconnects cancels its watch handler (no leaked tasks).
+        runner = web.AppRunner(self.make_app(), handler_cancellation=True, shutdown_timeout=1.0,
+                               access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        sockets = runner.addresses
+        self.host, self.port = host, int(sockets[0][1]) if sockets else port
+        return self.url
+
+    async def stop(self) -> None:
+        self.watch_ctl.stopping = True
+        self.watch_ctl.poke()  # watch loops end their streams cleanly
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await asyncio.sleep(0)
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def rv(self) -> int:
+        return self.store.rv
+
+    # -- seeds -----------------------------------------------------------------------------
+
+    def load(self, seed: Seed) -> int:
+        """Create every (resource, object) of ``seed``; returns how many were created."""
+        items = seed() if callable(seed) else seed
+        n = 0
+        for resource, obj in items:
+            if resource is SERVICES:
+                ip = (obj.get("spec") or {}).get("clusterIP")
+                if isinstance(ip, str) and ip and ip != "None":
+                    self.registry.reserve_ip(ip)
+            self.registry.create(resource, obj)
+            n += 1
+        return n
+
+    # -- direct API ------------------------------------------------------------------------
+
+    def create(self, resource: Resource, obj: JSONDict, namespace: str | None = None) -> JSONDict:
+        return _copy(self.registry.create(resource, obj, namespace))
+
+    def update(self, resource: Resource, obj: JSONDict) -> JSONDict:
+        return _copy(self.registry.update(resource, obj))
+
+    def patch(self, resource: Resource, namespace: str | None, name: str, patch: Any,
+              content_type: str = MERGE) -> JSONDict:
+        return _copy(self.registry.patch(resource, namespace, name, patch, content_type))
+
+    def patch_labels(self, resource: Resource, namespace: str | None, name: str,
+                     labels: Mapping[str, str | None]) -> JSONDict:
+        """Set labels (a None value removes the label)."""
+        return self.patch(resource, namespace, name, {"metadata": {"labels": dict(labels)}})
+
+    def delete(self, resource: Resource, namespace: str | None, name: str) -> JSONDict:
+        return _copy(self.registry.delete(resource, namespace, name))
+
+    def get(self, resource: Resource, namespace: str | None, name: str) -> JSONDict:
+        """The object; raises kubeapi.status.StatusError (404) if it does not exist."""
+        return _copy(self.registry.get(resource, namespace, name))
+
+    def list(self, resource: Resource, namespace: str | None = None, label_selector: str = "",
+             field_selector: str = "") -> list[JSONDict]:
+        label = parse_label_selector(label_selector)
+        fields = parse_field_selector(field_selector, resource.supported_fields)
+        flt = Filter(namespace, None if label.empty else label, None if fields.empty else fields)
+        rs = self.store.of(resource)
+        entries = (rs.objects[k] for k in rs.sorted_keys())
+        return [_copy(e) for e in entries if not flt.narrows or flt.matches(e)]
+
+    def count(self, resource: Resource) -> int:
+        return len(self.store.of(resource).objects)
+
+    # -- fault hooks -----------------------------------------------------------------------
+
+    def compact(self, rv: int | None = None) -> int:
+        """Drop history at and below ``rv`` (default: now); older resumes and tokens get 410."""
+        return self.store.compact(rv)
+
+    def close_watches(self) -> int:
+        """Abruptly drop every open watch connection; returns how many were dropped."""
+        return self.watch_ctl.close_all()
+
+    def fail_next(self, n: int, status_code: int, message: str = "") -> None:
+        """The next ``n`` requests to resource paths get a Status error with ``status_code``."""
+        self.faults.fail_next(n, status_code, message)
+
+    def pause_watches(self) -> None:
+        """Open watches stop sending anything (events, bookmarks) but stay connected."""
+        self.watch_ctl.paused = True
+        self.watch_ctl.poke()
+
+    def resume_watches(self) -> None:
+        self.watch_ctl.paused = False
+        self.watch_ctl.poke()
+
+    @property
+    def open_watches(self) -> int:
+        return len(self.watch_ctl.requests)
+
+    # -- internals used by the handlers ----------------------------------------------------
+
+    async def wait_rv(self, rv: int) -> bool:
+        """Wait (up to ``too_large_wait``) until the store reaches ``rv``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.too_large_wait
+        while self.store.rv < rv:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await wait_for_change(self.store.changed, remaining)
+        return True
+
+    def record_event(self, obj: JSONDict) -> None:
+        self.events_received += 1
+        if obj:
+            self.events.append(obj)
+            del self.events[:-_EVENTS_KEPT]
