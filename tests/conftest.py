@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
-
 from cache.reflector import ReflectorSettings
 from cache.upstream import UpstreamClient
 from wrapper.cli import Running, start_wrapper, stop_wrapper

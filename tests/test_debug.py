@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from typing import Any
 
 import aiohttp
@@ -113,12 +114,16 @@ async def test_topology_page_narrows_to_one_service_and_rejects_bad_names(wrappe
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    """The sample of ``name`` with exactly ``labels`` (in any order) from Prometheus text format."""
     for line in text.splitlines():
+        if line.startswith("#"):
+            continue
         head, _, value = line.rpartition(" ")
-        if head == (f"{name}{{{want}}}" if want else name):
+        metric_name, _, rest = head.partition("{")
+        got = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if metric_name == name and got == labels:
             return float(value)
-    raise AssertionError(f"metric {name}{{{want}}} not found")
+    raise AssertionError(f"metric {name}{labels} not found")
 
 
 async def test_metrics_expose_requests_state_topology_and_process(wrapper: Running, sim: Simulator) -> None:

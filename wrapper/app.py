@@ -38,7 +38,7 @@ class Front:
         self.ready = ready
         self.upstream = upstream
         self.settings = settings
-        self.registry = registry or WatchRegistry()
+        self.registry = registry if registry is not None else WatchRegistry()  # empty is falsy
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
