@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-from apisim.server import Simulator
 
+from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from tests.support.kubectl import kubectl_env, run_kubectl
 from wrapper.cli import Running

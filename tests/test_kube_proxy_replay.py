@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from apisim.server import Simulator
 
+from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTSLICES, NODES, SERVICES
 from tests.support.reflector import ReflectorModel
 from wrapper.cli import Running

@@ -13,7 +13,6 @@ import logging
 
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
-
 from cache.upstream import UpstreamClient
 from wrapper.cli import StartupError, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.serving import ServeSettings

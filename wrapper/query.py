@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
-from kubeapi.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
 
 from kubeapi import status
 from kubeapi.resources import Resource
+from kubeapi.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
 
 MAX_TIMEOUT_SECONDS = 6 * 3600
 
