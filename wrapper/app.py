@@ -13,6 +13,7 @@ from cache.view import View
 from kubeapi import status
 from kubeapi.resources import match_path
 from kubeapi.status import StatusError
+from wrapper.lending import may_lend_identity
 from wrapper.passthrough import forward
 from wrapper.query import parse_list_options
 from wrapper.serving import ServeSettings, WatchRegistry, serve_get, serve_list, serve_watch, status_response
@@ -71,6 +72,10 @@ class Front:
             return await serve_list(request, view, opts, self.settings, rp.namespace)
         if self.upstream is None:
             raise status.not_found("", "", path)
+        if "Authorization" not in request.headers and not may_lend_identity(request.method, path):
+            raise StatusError(status.failure(
+                403, f'forbidden: {request.method} {path[:200]} is not served with the wrapper\'s identity; '
+                "send your own credentials (Authorization header) for it", "Forbidden"))
         return await forward(request, self.upstream)
 
     def _readyz(self) -> web.Response:

@@ -47,7 +47,7 @@ Ctrl-C stops the demo.
 
 
 async def demo_main(args: argparse.Namespace) -> None:
-    tls = tls_context(args.tls_cert_file, args.tls_private_key_file)
+    tls = tls_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
     sim = Simulator()
     sim.load(servicegrid_demo())
     host, port = args.simulator_address

@@ -37,6 +37,10 @@ class ServeSettings:
     sync_wait: float = 3.0
     # Watches without timeoutSeconds end after [min, 2*min), like the apiserver's minRequestTimeout.
     default_watch_timeout: float = 1800.0
+    # A watcher further behind than this many history events gets a 410 and relists.
+    max_backlog: int = 10_000
+    # A client that takes longer than this to accept one write has stopped reading: drop it.
+    write_timeout: float = 30.0
 
 
 Predicate = Callable[[JSONDict], bool]
@@ -203,6 +207,11 @@ async def serve_watch(
         await _stream(resp, view, opts, settings, writer, registry, info)
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client went away
+    except _ClientStalled:
+        log.info("watch %s from %s: client stopped reading for %.0fs; closing it", request.path_qs[:200],
+                 request.remote, settings.write_timeout)
+        if request.transport is not None:
+            request.transport.abort()
     finally:
         view.watchers -= 1
         registry.tasks.discard(task)
@@ -256,6 +265,12 @@ async def _stream(
     interval = settings.bookmark_interval
     next_bookmark = loop.time() + interval
     while not registry.closing:
+        if view.head() - cursor > settings.max_backlog:
+            log.info("watch on %s fell %d events behind; sending 410 so it relists", view.resource.plural,
+                     view.head() - cursor)
+            await _write(resp, _error_line(status.expired(
+                f"too old resource version: the watch fell too far behind; relist (current {view.rv})")), settings)
+            return
         try:
             events = view.read(cursor)
         except Expired:
@@ -269,19 +284,30 @@ async def _stream(
             if body:
                 info.events_out += len(events)
                 registry.events_out += len(events)
-                await resp.write(body)
+                await _write(resp, body, settings)
             info.cursor = cursor
             continue
         now = loop.time()
         if now >= deadline:
             break
         if opts.allow_bookmarks and now >= next_bookmark:
-            await resp.write(view.bookmark_line(view.rv))
+            await _write(resp, view.bookmark_line(view.rv), settings)
             next_bookmark = now + interval
         wait = deadline - now
         if opts.allow_bookmarks:
             wait = min(wait, max(next_bookmark - now, 0.0))
         await view.wait(cursor, wait)
+
+
+class _ClientStalled(Exception):
+    pass
+
+
+async def _write(resp: web.StreamResponse, body: bytes, settings: ServeSettings) -> None:
+    try:
+        await asyncio.wait_for(resp.write(body), settings.write_timeout)
+    except TimeoutError:
+        raise _ClientStalled from None
 
 
 def _entry_rv(e: Entry) -> int:

@@ -1,0 +1,151 @@
+"""Security: loopback by default, verified client certificates, and no identity lending."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from apisim.server import Simulator
+from cache.upstream import UpstreamClient
+from kubeapi.resources import SERVICES
+from tests.conftest import LOCAL_NODE, fast_settings, wait_ready
+from wrapper.cli import Running, StartupError, build_parser, check_exposure, start_wrapper, stop_wrapper, tls_context
+from wrapper.lending import may_lend_identity
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def mtls_wrapper(sim: Simulator, ca: trustme.CA, tmp_path: Path) -> AsyncIterator[Running]:
+    server = ca.issue_cert("127.0.0.1")
+    chain = tmp_path / "server.pem"
+    server.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls = tls_context(str(chain), str(chain), str(ca_file))
+    serve, reflect = fast_settings()
+    running = await start_wrapper(UpstreamClient(sim.url), LOCAL_NODE, ("127.0.0.1", 0), tls=tls, serve=serve,
+                                  reflect=reflect)
+    try:
+        await wait_ready(running)
+        yield running
+    finally:
+        await stop_wrapper(running)
+
+
+def client_context(ca: trustme.CA, *, with_cert: bool, other_ca: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    if with_cert:
+        issuer = trustme.CA() if other_ca else ca
+        issuer.issue_cert("kube-proxy@bj-1").configure_cert(ctx)
+    return ctx
+
+
+async def test_mutual_tls_serves_a_client_with_a_certificate_from_the_ca(mtls_wrapper: Running, ca: trustme.CA) -> None:
+    assert mtls_wrapper.url.startswith("https://")
+    ctx = client_context(ca, with_cert=True)
+    async with aiohttp.ClientSession() as s, s.get(f"{mtls_wrapper.url}/api/v1/nodes", ssl=ctx) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["kind"] == "NodeList"
+
+
+@pytest.mark.parametrize("other_ca", [False, True], ids=["no-certificate", "certificate-from-another-ca"])
+async def test_mutual_tls_rejects_a_client_without_a_valid_certificate(
+    mtls_wrapper: Running, ca: trustme.CA, other_ca: bool
+) -> None:
+    ctx = client_context(ca, with_cert=other_ca, other_ca=other_ca)
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientError):
+            async with s.get(f"{mtls_wrapper.url}/api/v1/nodes", ssl=ctx) as resp:
+                await resp.read()
+
+
+def test_client_ca_without_serving_certificate_refuses_to_start(tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match="client-ca-file"):
+        tls_context(None, None, str(tmp_path / "ca.pem"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "has_tls", "refused"),
+    [
+        ([], False, False),
+        (["--bind-address", "[::1]:51006"], False, False),
+        (["--bind-address", "0.0.0.0:51006"], False, True),
+        (["--bind-address", "10.0.0.5:51006"], False, True),
+        (["--bind-address", "10.0.0.5:51006"], True, False),
+        (["--bind-address", "10.0.0.5:51006", "--insecure-allow-remote"], False, False),
+        (["--debug-bind-address", "0.0.0.0:51007"], False, True),
+        (["--debug-bind-address", "0.0.0.0:51007"], True, True),
+        (["--debug-bind-address", "0.0.0.0:51007", "--insecure-allow-remote"], False, False),
+    ],
+)
+def test_non_loopback_listeners_need_tls_or_an_explicit_flag(argv: list[str], has_tls: bool, refused: bool) -> None:
+    args: argparse.Namespace = build_parser().parse_args(argv)
+    if refused:
+        with pytest.raises(StartupError, match="refusing"):
+            check_exposure(args, has_tls)
+    else:
+        check_exposure(args, has_tls)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "lent"),
+    [
+        ("GET", "/api", True),
+        ("GET", "/apis", True),
+        ("GET", "/api/v1", True),
+        ("GET", "/apis/discovery.k8s.io/v1", True),
+        ("GET", "/version", True),
+        ("GET", "/openapi/v3", True),
+        ("GET", "/apis/networking.k8s.io/v1/servicecidrs", True),
+        ("POST", "/apis/events.k8s.io/v1/namespaces/default/events", True),
+        ("PATCH", "/apis/events.k8s.io/v1/namespaces/default/events/kube-proxy.1", True),
+        ("POST", "/api/v1/namespaces/default/events", True),
+        ("GET", "/api/v1/secrets", False),
+        ("GET", "/api/v1/namespaces/kube-system/secrets/token", False),
+        ("DELETE", "/apis/events.k8s.io/v1/namespaces/default/events/x", False),
+        ("POST", "/api/v1/namespaces/default/services", False),
+        ("DELETE", "/api/v1/nodes/bj-1", False),
+        ("POST", "/apis/networking.k8s.io/v1/servicecidrs", False),
+        ("GET", "/api/v1/pods", False),
+    ],
+)
+def test_identity_is_lent_only_for_discovery_servicecidr_reads_and_events(method: str, path: str, lent: bool) -> None:
+    assert may_lend_identity(method, path) is lent
+
+
+async def test_pass_through_without_credentials_is_forbidden_beyond_what_kube_proxy_needs(wrapper: Running) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{wrapper.url}/api/v1/namespaces/kube-system/secrets") as resp:
+            body = await resp.json()
+            assert resp.status == 403 and body["kind"] == "Status" and body["reason"] == "Forbidden"
+        async with s.delete(f"{wrapper.url}/api/v1/namespaces/default/services/plain-svc") as resp:
+            assert resp.status == 403
+        async with s.get(f"{wrapper.url}/api") as resp:
+            assert resp.status == 200 and (await resp.json())["kind"] == "APIVersions"
+        event = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                 "metadata": {"name": "kube-proxy.1", "namespace": "default"}, "reason": "Starting",
+                 "action": "StartKubeProxy", "reportingController": "kube-proxy", "reportingInstance": "bj-1",
+                 "eventTime": "2026-11-23T00:00:00.000000Z", "regarding": {"kind": "Node", "name": "bj-1"}}
+        async with s.post(f"{wrapper.url}/apis/events.k8s.io/v1/namespaces/default/events", json=event) as resp:
+            assert resp.status == 201
+
+
+async def test_pass_through_with_the_clients_own_credentials_goes_upstream(wrapper: Running, sim: Simulator) -> None:
+    async with aiohttp.ClientSession() as s, s.delete(
+        f"{wrapper.url}/api/v1/namespaces/default/services/plain-svc", headers={"Authorization": "Bearer client"}
+    ) as resp:
+        assert resp.status == 200
+    assert "plain-svc" not in {s["metadata"]["name"] for s in sim.list(SERVICES)}
+
+
