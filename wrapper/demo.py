@@ -20,7 +20,7 @@ from wrapper.serving import ServeSettings
 log = logging.getLogger("application-grid-wrapper")
 
 
-def instructions(wrapper_url: str, sim_url: str, hostname: str) -> str:
+def instructions(wrapper_url: str, sim_url: str, hostname: str, debug_url: str) -> str:
     w = f"kubectl --server {wrapper_url}"
     s = f"kubectl --server {sim_url}"
     return f"""
@@ -42,6 +42,10 @@ Watch through the wrapper, then move gz-2 into beijing from another terminal:
   {s} label node gz-2 location=beijing --overwrite
   {s} label node gz-2 location=guangzhou --overwrite
 
+Why did the wrapper keep or drop each endpoint?
+  curl -s '{debug_url}/debug/topology?service=default/servicegrid-demo-svc'
+  curl -s {debug_url}/metrics | grep application_grid_wrapper_topology
+
 Ctrl-C stops the demo.
 """
 
@@ -57,7 +61,8 @@ async def demo_main(args: argparse.Namespace) -> None:
         raise StartupError(f"cannot listen on {host}:{port} for the simulator: {exc.strerror or exc}") from exc
     try:
         running = await start_wrapper(UpstreamClient(sim_url), args.hostname, args.bind_address, tls=tls,
-                                      serve=ServeSettings(bookmark_interval=args.bookmark_interval))
+                                      serve=ServeSettings(bookmark_interval=args.bookmark_interval),
+                                      debug=args.debug_bind_address, profiling=args.profiling)
     except BaseException:
         await sim.stop()
         raise
@@ -66,7 +71,7 @@ async def demo_main(args: argparse.Namespace) -> None:
             if running.cache.ready:
                 break
             await asyncio.sleep(0.05)
-        print(instructions(running.url, sim_url, args.hostname), flush=True)
+        print(instructions(running.url, sim_url, args.hostname, running.debug_url), flush=True)
         await wait_for_signal(args.run_seconds)
     finally:
         await stop_wrapper(running)
