@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from apisim import discovery, errors, listing
+from apisim import discovery, errors, listing, reviews
 from apisim.patch import PATCH_TYPES
 from apisim.registry import copy_json, now_rfc3339
 from apisim.store import Entry, with_type
@@ -71,6 +71,11 @@ class Handlers:
             doc = discovery.document(path, host)
             if doc is not None:
                 return json_response(doc)
+        if request.method == "POST" and path in (reviews.TOKENREVIEWS, reviews.SUBJECTACCESSREVIEWS):
+            body = await _body(request)
+            review = (self.sim.reviews.token_review(body) if path == reviews.TOKENREVIEWS
+                   else self.sim.reviews.access_review(body))
+            return json_response(orjson.dumps(review), 201)
         m = _EVENTS.match(path)
         if m:
             return await self._event(request, m.group("ns"), m.group("name"))

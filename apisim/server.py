@@ -19,6 +19,7 @@ from apisim.handlers import Handlers
 from apisim.listing import Filter
 from apisim.patch import MERGE
 from apisim.registry import Registry, now_rfc3339
+from apisim.reviews import Reviews
 from apisim.store import Entry, Store, wait_for_change
 from apisim.watch import WatchControl
 from kubeapi.resources import ALL, SERVICES, Resource
@@ -52,6 +53,7 @@ class Simulator:
             self.store.of(r)
         self.registry = Registry(self.store)
         self.faults = Faults()
+        self.reviews = Reviews()
         self.watch_ctl = WatchControl(bookmark_interval=bookmark_interval)
         self.too_large_wait = too_large_wait
         self.default_watch_timeout = default_watch_timeout

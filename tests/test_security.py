@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,8 +14,9 @@ import trustme
 
 from apisim.server import Simulator
 from cache.upstream import UpstreamClient
-from kubeapi.resources import SERVICES
+from kubeapi.resources import ENDPOINTSLICES, SERVICES
 from tests.conftest import LOCAL_NODE, fast_settings, wait_ready
+from wrapper.authz import ClientAuthorizer
 from wrapper.cli import Running, StartupError, build_parser, check_exposure, start_wrapper, stop_wrapper, tls_context
 from wrapper.lending import may_lend_identity
 
@@ -149,3 +151,72 @@ async def test_pass_through_with_the_clients_own_credentials_goes_upstream(wrapp
     assert "plain-svc" not in {s["metadata"]["name"] for s in sim.list(SERVICES)}
 
 
+
+
+@pytest.fixture
+async def authz_wrapper(sim: Simulator) -> AsyncIterator[tuple[Running, ClientAuthorizer]]:
+    sim.reviews.add_user("proxy-token", "system:kube-proxy")
+    sim.reviews.allow("system:kube-proxy", "list", "endpointslices")
+    sim.reviews.allow("system:kube-proxy", "watch", "endpointslices")
+    sim.reviews.add_user("nobody-token", "nobody")
+    client = UpstreamClient(sim.url)
+    authorizer = ClientAuthorizer(client, allowed_ttl=0.2, denied_ttl=0.2)
+    serve, reflect = fast_settings()
+    running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve, reflect=reflect,
+                                  authorizer=authorizer)
+    try:
+        await wait_ready(running)
+        yield running, authorizer
+    finally:
+        await stop_wrapper(running)
+
+
+async def _status(url: str, token: str | None) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_authorize_clients_serves_an_allowed_token_and_caches_the_decision(
+    authz_wrapper: tuple[Running, ClientAuthorizer], sim: Simulator
+) -> None:
+    running, authorizer = authz_wrapper
+    url = f"{running.url}{ENDPOINTSLICES.collection_path()}"
+    for _ in range(3):
+        code, body = await _status(url, "proxy-token")
+        assert code == 200 and body["kind"] == "EndpointSliceList"
+    assert sim.reviews.token_reviews == 1 and sim.reviews.access_reviews == 1  # cached after the first
+    assert authorizer.reviews == 1
+    # Only a hash of the token is kept.
+    assert authorizer._cache and all("proxy-token" not in part for key in authorizer._cache for part in key)
+
+
+@pytest.mark.parametrize(
+    ("token", "path", "code"),
+    [
+        (None, "/apis/discovery.k8s.io/v1/endpointslices", 401),
+        ("forged-token", "/apis/discovery.k8s.io/v1/endpointslices", 401),
+        ("nobody-token", "/apis/discovery.k8s.io/v1/endpointslices", 403),
+        ("proxy-token", "/api/v1/services", 403),
+        ("proxy-token", "/api/v1/nodes/bj-1", 403),
+    ],
+)
+async def test_authorize_clients_rejects_missing_invalid_or_unauthorized_tokens(
+    authz_wrapper: tuple[Running, ClientAuthorizer], token: str | None, path: str, code: int
+) -> None:
+    running, _ = authz_wrapper
+    got, body = await _status(f"{running.url}{path}", token)
+    assert got == code and body["kind"] == "Status"
+
+
+async def test_authorize_clients_keeps_using_cached_decisions_while_offline(
+    authz_wrapper: tuple[Running, ClientAuthorizer], sim: Simulator
+) -> None:
+    running, _ = authz_wrapper
+    url = f"{running.url}{ENDPOINTSLICES.collection_path()}"
+    assert (await _status(url, "proxy-token"))[0] == 200
+    await sim.stop()
+    await asyncio.sleep(0.3)  # past the cache TTL: a fresh review would be needed, and fails
+    assert (await _status(url, "proxy-token"))[0] == 200
+    # A client never seen before cannot be decided offline.
+    assert (await _status(url, "nobody-token"))[0] == 503

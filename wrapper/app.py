@@ -13,6 +13,7 @@ from cache.view import View
 from kubeapi import status
 from kubeapi.resources import match_path
 from kubeapi.status import StatusError
+from wrapper.authz import ClientAuthorizer
 from wrapper.lending import may_lend_identity
 from wrapper.passthrough import forward
 from wrapper.query import parse_list_options
@@ -34,7 +35,9 @@ class Front:
         upstream: UpstreamClient | None,
         settings: ServeSettings,
         registry: WatchRegistry | None = None,
+        authorizer: ClientAuthorizer | None = None,
     ) -> None:
+        self.authorizer = authorizer
         self.views = views
         self.ready = ready
         self.upstream = upstream
@@ -62,6 +65,10 @@ class Front:
         if rp is not None and rp.subresource is None and request.method in ("GET", "HEAD"):
             view = self.views[rp.resource.plural]
             opts = parse_list_options(request.query, rp.resource)
+            if self.authorizer is not None:
+                verb = "get" if rp.name is not None else "watch" if opts.watch else "list"
+                await self.authorizer.check(request.headers.get("Authorization"), verb, rp.resource, rp.namespace,
+                                            rp.name)
             if rp.name is not None:
                 if opts.watch:
                     raise status.bad_request("watch on a single object path is not supported; "
@@ -114,9 +121,10 @@ def build_app(
     *,
     registry: WatchRegistry | None = None,
     middlewares: Sequence[Middleware] = (),
+    authorizer: ClientAuthorizer | None = None,
     client_max_size: int = 3 << 20,
 ) -> web.Application:
-    front = Front(views, ready, upstream, settings or ServeSettings(), registry)
+    front = Front(views, ready, upstream, settings or ServeSettings(), registry, authorizer)
     app = web.Application(middlewares=[*middlewares, _no_tracebacks], client_max_size=client_max_size,
                           handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[VIEWS] = views

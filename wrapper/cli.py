@@ -26,6 +26,7 @@ from cache.reflector import ReflectorSettings
 from cache.snapshot import Identity, Persister, restore
 from cache.upstream import ConfigError, UpstreamClient
 from wrapper.app import build_app
+from wrapper.authz import ClientAuthorizer
 from wrapper.debug import Debug
 from wrapper.logs import configure_logging
 from wrapper.metrics import Metrics
@@ -61,6 +62,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"listener for /metrics and /debug/* (default {DEFAULT_DEBUG_BIND})")
     p.add_argument("--profiling", action=argparse.BooleanOptionalAction, default=True,
                    help="serve /debug/pprof/* on the debug listener (default on)")
+    p.add_argument("--authorize-clients", action="store_true",
+                   help="check each client's bearer token with TokenReview and SubjectAccessReview before serving "
+                   "it from the cache (decisions cached briefly, and reused while offline)")
     p.add_argument("--insecure-allow-remote", action="store_true",
                    help="allow non-loopback listeners without TLS (the debug listener never has TLS)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -158,6 +162,7 @@ async def start_wrapper(
     cache_dir: Path | None = None,
     snapshot_interval: float = 10.0,
     offline_grace: float | None = None,
+    authorizer: ClientAuthorizer | None = None,
 ) -> Running:
     """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests.
 
@@ -179,7 +184,8 @@ async def start_wrapper(
             return False
         return offline_grace is None or informers.offline_for() < offline_grace
 
-    app = build_app(cache.views, ready, client, serve, registry=watches, middlewares=[metrics.middleware()])
+    app = build_app(cache.views, ready, client, serve, registry=watches, middlewares=[metrics.middleware()],
+                    authorizer=authorizer)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None)
     url = await _listen(runner, bind, tls)
     debug_runner = None
@@ -266,7 +272,8 @@ async def serve_main(args: argparse.Namespace) -> None:
                                   debug=args.debug_bind_address, profiling=args.profiling,
                                   cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                                   snapshot_interval=args.snapshot_interval,
-                                  offline_grace=None if args.ready_while_offline else args.offline_grace)
+                                  offline_grace=None if args.ready_while_offline else args.offline_grace,
+                                  authorizer=ClientAuthorizer(client) if args.authorize_clients else None)
     log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
     try:
         await wait_for_signal()

@@ -14,6 +14,7 @@ import logging
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from cache.upstream import UpstreamClient
+from wrapper.authz import ClientAuthorizer
 from wrapper.cli import StartupError, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.serving import ServeSettings
 
@@ -60,9 +61,11 @@ async def demo_main(args: argparse.Namespace) -> None:
     except OSError as exc:
         raise StartupError(f"cannot listen on {host}:{port} for the simulator: {exc.strerror or exc}") from exc
     try:
-        running = await start_wrapper(UpstreamClient(sim_url), args.hostname, args.bind_address, tls=tls,
+        client = UpstreamClient(sim_url)
+        running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
                                       serve=ServeSettings(bookmark_interval=args.bookmark_interval),
-                                      debug=args.debug_bind_address, profiling=args.profiling)
+                                      debug=args.debug_bind_address, profiling=args.profiling,
+                                      authorizer=ClientAuthorizer(client) if args.authorize_clients else None)
     except BaseException:
         await sim.stop()
         raise
