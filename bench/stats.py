@@ -1,0 +1,63 @@
+"""Percentiles and the result table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of ``values``; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x (0 with fewer than two points)."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    den = sum((p[0] - mx) ** 2 for p in points)
+    if den == 0:
+        return 0.0
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / den
+
+
+@dataclass
+class Row:
+    metric: str
+    value: str
+    baseline: str = ""
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+def render(rows: Sequence[Row]) -> str:
+    head = Row("metric", "wrapper", "baseline", "ratio", "target", "met?")
+    cols = [
+        [r.metric for r in (head, *rows)],
+        [r.value for r in (head, *rows)],
+        [r.baseline for r in (head, *rows)],
+        [r.ratio for r in (head, *rows)],
+        [r.target for r in (head, *rows)],
+        [r.verdict for r in (head, *rows)],
+    ]
+    widths = [max(len(c) for c in col) for col in cols]
+    lines = []
+    for i in range(len(rows) + 1):
+        cells = [col[i].ljust(w) for col, w in zip(cols, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
