@@ -56,6 +56,17 @@ def _service_of_slice(obj: JSONDict) -> str | None:
     return f"{meta.get('namespace', '')}/{name}" if name else None
 
 
+def _nodes_of_slice(obj: JSONDict) -> frozenset[str]:
+    return frozenset(n for e in obj.get("endpoints") or () if (n := e.get("nodeName")))
+
+
+def _nodes_of_endpoints(obj: JSONDict) -> frozenset[str]:
+    return frozenset(
+        n for sub in obj.get("subsets") or ()
+        for field in ("addresses", "notReadyAddresses") for a in sub.get(field) or () if (n := a.get("nodeName"))
+    )
+
+
 def _same_content(a: JSONDict, b: JSONDict) -> bool:
     """Equal apart from metadata.resourceVersion (served copies carry the event's RV)."""
     if a is b:
@@ -83,6 +94,9 @@ class ClusterCache:
         self.service_keys: dict[str, Keys] = {}
         self._slices_by_service: dict[str, set[str]] = {}
         self._services_by_label: dict[str, set[str]] = {}
+        # Which Services have endpoints on which node: a remote node's relabel only matters to those.
+        self._node_refs: dict[str, tuple[str, frozenset[str]]] = {}
+        self._services_on_node: dict[str, dict[str, int]] = {}
         self.ready = False
         # Bumped by every upstream change; the snapshot persister saves when it moves.
         self.generation = 0
@@ -171,6 +185,9 @@ class ClusterCache:
             owner = _service_of_slice(sl)
             if owner:
                 self._slices_by_service.setdefault(owner, set()).add(key)
+            self._track("s/" + key, owner, _nodes_of_slice(sl))
+        for key, ep in self._raw[ENDPOINTS.plural].objects.items():
+            self._track("e/" + key, key, _nodes_of_endpoints(ep))
         for res in (NODES, SERVICES):
             raw = self._raw[res.plural]
             self.views[res.plural].reset(raw.objects.values(), raw.rv)
@@ -207,6 +224,7 @@ class ClusterCache:
         elif resource is ENDPOINTSLICES:
             self._slice_changed(key, type_, old, obj, rv, synthetic)
         else:
+            self._track("e/" + key, key, frozenset() if type_ == "DELETED" else _nodes_of_endpoints(obj))
             out = obj if type_ == "DELETED" else self._filtered_endpoints(key, obj)
             view.publish([(type_, out)], rv, synthetic=synthetic)
 
@@ -223,6 +241,7 @@ class ClusterCache:
                     del self._slices_by_service[old_svc]
         if new_svc:
             self._slices_by_service.setdefault(new_svc, set()).add(key)
+        self._track("s/" + key, new_svc, frozenset() if type_ == "DELETED" else _nodes_of_slice(obj))
         view = self.views[ENDPOINTSLICES.plural]
         outputs: dict[str, JSONDict] = {}
         for svc in {old_svc, new_svc} - {None}:
@@ -250,8 +269,30 @@ class ClusterCache:
         affected: set[str] = set()
         for label in changed:
             affected |= self._services_by_label.get(label, set())
+        if name != self.local_node:
+            # A remote node only matters to Services with endpoints on it; the local node's
+            # labels are the reference every endpoint is compared with, so it matters to all.
+            affected.intersection_update(self._services_on_node.get(name, ()))
         if affected:
             self._refilter(affected, rv)
+
+    def _track(self, ref: str, service: str | None, nodes: frozenset[str]) -> None:
+        """Record that ``ref`` (a slice or Endpoints) of ``service`` has endpoints on ``nodes``."""
+        old = self._node_refs.pop(ref, None)
+        if old is not None:
+            old_svc, old_nodes = old
+            for node in old_nodes:
+                counts = self._services_on_node[node]
+                counts[old_svc] -= 1
+                if not counts[old_svc]:
+                    del counts[old_svc]
+                    if not counts:
+                        del self._services_on_node[node]
+        if service and nodes:
+            self._node_refs[ref] = (service, nodes)
+            for node in nodes:
+                counts = self._services_on_node.setdefault(node, {})
+                counts[service] = counts.get(service, 0) + 1
 
     def _service_changed(self, key: str, svc: JSONDict | None, rv: int) -> None:
         before = self.service_keys.get(key)

@@ -48,18 +48,48 @@ class Identity:
     upstream: str
 
 
+def _header(payload: bytes, identity: Identity, now: float | None) -> bytes:
+    header = {
+        "magic": MAGIC, "version": VERSION, "node": identity.node, "upstream": identity.upstream,
+        "created": now if now is not None else time.time(), "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    return orjson.dumps(header) + b"\n"
+
+
 def encode(cache: ClusterCache, identity: Identity, now: float | None = None) -> bytes:
     payload = orjson.dumps({
         "resources": {
             r.plural: {"rv": cache.upstream_rv(r), "items": list(cache.raw_objects(r).values())} for r in ALL
         }
     })
-    header = {
-        "magic": MAGIC, "version": VERSION, "node": identity.node, "upstream": identity.upstream,
-        "created": now if now is not None else time.time(), "size": len(payload),
-        "sha256": hashlib.sha256(payload).hexdigest(),
-    }
-    return orjson.dumps(header) + b"\n" + payload
+    return _header(payload, identity, now) + payload
+
+
+ENCODE_BATCH = 500
+
+
+async def encode_cooperatively(cache: ClusterCache, identity: Identity) -> bytes:
+    """``encode``, yielding to the event loop between batches so serving never stalls on it.
+
+    The object lists are taken at one instant, so the snapshot is consistent: the cache
+    replaces objects on change and never mutates a stored one.
+    """
+    state = [(r.plural, cache.upstream_rv(r), list(cache.raw_objects(r).values())) for r in ALL]
+    parts: list[bytes] = [b'{"resources":{']
+    for i, (plural, rv, items) in enumerate(state):
+        parts.append(orjson.dumps(plural) + b':{"rv":' + str(rv).encode() + b',"items":[')
+        for start in range(0, len(items), ENCODE_BATCH):
+            chunk = orjson.dumps(items[start:start + ENCODE_BATCH])
+            if len(chunk) > 2:
+                parts.append((b"," if start else b"") + chunk[1:-1])
+            await asyncio.sleep(0)
+        parts.append(b"]}" + (b"," if i < len(state) - 1 else b""))
+    parts.append(b"}}")
+    payload = b"".join(parts)
+    # hashlib releases the GIL on large buffers, so the checksum runs beside the loop.
+    header = await asyncio.to_thread(_header, payload, identity, None)
+    return header + payload
 
 
 def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -165,8 +195,7 @@ class Persister:
         gen = self.cache.generation
         if not self.cache.ready or gen == self._saved_generation:
             return False
-        # Encoding reads the live cache, so it runs on the loop; only the disk I/O is off-loop.
-        data = encode(self.cache, self.identity)
+        data = await encode_cooperatively(self.cache, self.identity)
         try:
             await asyncio.to_thread(self._write, data)
         except OSError as exc:

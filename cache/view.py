@@ -55,6 +55,15 @@ class Expired(Exception):
         self.oldest = oldest
 
 
+# Decoded JSON costs several times its serialized size in CPython; a history event pins its
+# line, its entry (object and bytes) and the previous object, so count it generously.
+_DECODED_FACTOR = 6
+
+
+def _footprint(ev: Event) -> int:
+    return len(ev.line) * (1 + _DECODED_FACTOR)
+
+
 def stamp(obj: JSONDict, rv: int) -> JSONDict:
     """A shallow copy of ``obj`` whose metadata.resourceVersion is ``rv``."""
     meta = dict(obj.get("metadata") or {})
@@ -75,6 +84,7 @@ class View:
         self._events: list[Event] = []
         self._start = 0  # index of the oldest live event in _events (trimmed lazily)
         self._bytes = 0
+        self.resets = 0  # with head() and rv, identifies the served state (list bodies are cached by it)
         self._next_seq = 0
         # A client resuming from an RV below this has lost events to eviction.
         self._expired_below = 0
@@ -110,6 +120,7 @@ class View:
         for obj in objects:
             self.objects[_key(obj)] = self.entry(obj)
         self._sorted_keys = None
+        self.resets += 1
         self.rv = max(self.rv, rv)
         # Nothing before this state can be replayed.
         self._expired_below = self.rv
@@ -152,7 +163,7 @@ class View:
             )
             self._next_seq += 1
             self._events.append(ev)
-            self._bytes += len(ev.line)
+            self._bytes += _footprint(ev)
             n += 1
         self.rv = rv
         self._evict()
@@ -260,7 +271,7 @@ class View:
             had_synthetic = False
             while self._start < len(events) and events[self._start].rv == rv:
                 had_synthetic |= events[self._start].synthetic
-                self._bytes -= len(events[self._start].line)
+                self._bytes -= _footprint(events[self._start])
                 self._start += 1
             self._expired_below = max(self._expired_below, rv + 1 if had_synthetic else rv)
         if self._start > 4096 and self._start * 2 > len(events):

@@ -7,6 +7,7 @@ was decided upstream of it, in the cache.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import random
 import time
@@ -105,24 +106,57 @@ async def serve_list(
         # Only the current state is kept; older exact snapshots are gone.
         raise status.expired(f"too old resource version: {opts.resource_version} ({view.rv})")
     pred = predicate(opts)
-    entries = _matching(_in_namespace(view, namespace), pred)
     res = view.resource
     table = tables.wants_table(request.headers.get("Accept"))
     if table:
+        entries = _matching(_in_namespace(view, namespace), pred)
         doc = tables.render_table(
             res, [e.obj for e in entries], list_rv=str(view.rv),
             include_object=request.query.get("includeObject", "Metadata"),
             api_version=tables.table_api_version(request.headers.get("Accept")),
         )
         return json_response(orjson.dumps(doc))
-    head = orjson.dumps({"kind": res.list_kind, "apiVersion": res.api_version,
-                         "metadata": {"resourceVersion": str(view.rv)}})
-    body = head[:-1] + b',"items":[' + b",".join(e.raw for e in entries) + b"]}"
+    gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "")
+    body, gzipped = _list_body(view, namespace, opts, pred, gzip_ok)
     resp = json_response(body)
-    if len(body) > 128 * 1024 and "gzip" in request.headers.get("Accept-Encoding", ""):
-        # The apiserver gzips non-watch responses over 128 KiB.
-        resp.enable_compression()
+    if gzipped:
+        resp.headers["Content-Encoding"] = "gzip"
+        resp.headers["Vary"] = "Accept-Encoding"
     return resp
+
+
+# The last few list bodies per view: kube-proxies and kubectl ask for the same lists again and
+# again between changes, so joining (and gzipping) them once per view version is enough.
+_LIST_CACHE: weakref.WeakKeyDictionary[View, dict[tuple[object, ...], tuple[bytes, bytes | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+_LIST_CACHE_SIZE = 8
+GZIP_MIN_BYTES = 128 * 1024  # the apiserver compresses non-watch responses above this size
+
+
+def _list_body(
+    view: View, namespace: str | None, opts: ListOptions, pred: Predicate | None, gzip_ok: bool
+) -> tuple[bytes, bool]:
+    per_view = _LIST_CACHE.setdefault(view, {})
+    key = (view.resets, view.head(), view.rv, namespace, opts.label, opts.field)
+    cached = per_view.get(key)
+    if cached is None:
+        res = view.resource
+        entries = _matching(_in_namespace(view, namespace), pred)
+        head = orjson.dumps({"kind": res.list_kind, "apiVersion": res.api_version,
+                             "metadata": {"resourceVersion": str(view.rv)}})
+        body = head[:-1] + b',"items":[' + b",".join(e.raw for e in entries) + b"]}"
+        cached = (body, None)
+        if len(per_view) >= _LIST_CACHE_SIZE:
+            per_view.pop(next(iter(per_view)))
+        per_view[key] = cached
+    body, compressed = cached
+    if not gzip_ok or len(body) <= GZIP_MIN_BYTES:
+        return body, False
+    if compressed is None:
+        compressed = gzip.compress(body, compresslevel=1)
+        per_view[key] = (body, compressed)
+    return compressed, True
 
 
 def _in_namespace(view: View, namespace: str | None) -> Iterable[Entry]:
