@@ -9,6 +9,7 @@ filtered content changed get an event.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -98,6 +99,7 @@ class ClusterCache:
         self._node_refs: dict[str, tuple[str, frozenset[str]]] = {}
         self._services_on_node: dict[str, dict[str, int]] = {}
         self.ready = False
+        self.ready_event = asyncio.Event()
         # Bumped by every upstream change; the snapshot persister saves when it moves.
         self.generation = 0
         # Counters for metrics and the debug page.
@@ -199,6 +201,7 @@ class ClusterCache:
         eps = self._raw[ENDPOINTS.plural]
         self.views[ENDPOINTS.plural].reset((self._filtered_endpoints(k, o) for k, o in eps.objects.items()), eps.rv)
         self.ready = True
+        self.ready_event.set()
         log.info(
             "cache synced: %d nodes, %d services, %d endpointslices, %d endpoints",
             *(len(self._raw[r.plural].objects) for r in (NODES, SERVICES, ENDPOINTSLICES, ENDPOINTS)),

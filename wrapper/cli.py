@@ -247,8 +247,7 @@ async def settle_heap(cache: ClusterCache) -> None:
     to the permanent generation, and young collections run less often.
     """
     gc.set_threshold(50_000, 20, 100)
-    while not cache.ready:
-        await asyncio.sleep(0.1)
+    await cache.ready_event.wait()
     gc.collect()
     gc.freeze()
 
