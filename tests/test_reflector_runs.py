@@ -1,0 +1,177 @@
+"""Long scripted runs: hundreds of upstream changes, forced upstream expiries, short client watches.
+
+kube-proxy's informers (ReflectorModel, both LIST+WATCH and the streaming list) plus a core
+Endpoints watcher read through the wrapper while a seeded script changes the simulator.
+The wrapper has to absorb the upstream expiries itself (it relists from the simulator);
+its clients must never need a relist, and must end with exactly filters(upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from apisim.seeds import servicegrid_demo
+from apisim.server import Simulator
+from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
+from tests.support.churn import Churn
+from tests.support.oracle import PROXY_LABELS, PROXY_SERVICE_FIELDS, comparable, kube_proxy_truth
+from tests.support.reflector import ReflectorModel, _Relist
+from tests.support.stack import Stack, stack
+from wrapper.cli import Running
+
+LOCAL = "bj-1"
+CHANGES = 400
+FORCED_EXPIRIES = 4
+
+
+def clients(url: str, *, streaming: bool, timeout_seconds: tuple[int, int]) -> dict[str, ReflectorModel]:
+    accept = "application/vnd.kubernetes.protobuf, */*"
+    common: dict[str, Any] = {"streaming": streaming, "timeout_seconds": timeout_seconds, "accept": accept}
+    return {
+        "services": ReflectorModel(url, SERVICES.collection_path(), "Service", "v1", label_selector=PROXY_LABELS,
+                                   field_selector=PROXY_SERVICE_FIELDS, **common),
+        "endpointslices": ReflectorModel(url, ENDPOINTSLICES.collection_path(), "EndpointSlice",
+                                         "discovery.k8s.io/v1", label_selector=PROXY_LABELS, **common),
+        "nodes": ReflectorModel(url, NODES.collection_path(), "Node", "v1", field_selector=f"metadata.name={LOCAL}",
+                                **common),
+        "endpoints": ReflectorModel(url, ENDPOINTS.collection_path(), "Endpoints", "v1", **common),
+    }
+
+
+@contextlib.asynccontextmanager
+async def running_clients(models: dict[str, ReflectorModel]) -> AsyncIterator[dict[str, ReflectorModel]]:
+    for m in models.values():
+        m.start()
+    try:
+        for m in models.values():
+            await m.wait_until(lambda store: True)
+        yield models
+    finally:
+        for m in models.values():
+            await m.stop()
+
+
+async def converge(models: dict[str, ReflectorModel], sim: Simulator, timeout: float = 20) -> None:
+    """Wait until every client holds exactly the filtered upstream state."""
+    truth = kube_proxy_truth(sim, LOCAL)
+    for name, m in models.items():
+        try:
+            await m.wait_until(lambda store, want=truth[name]: comparable(store) == want, timeout)
+        except AssertionError:
+            got = comparable(m.store)
+            diff = {k for k in got.keys() | truth[name].keys() if got.get(k) != truth[name].get(k)}
+            raise AssertionError(f"{name}: differs from filters(upstream) at {sorted(diff)[:10]}: "
+                                 f"{[(k, got.get(k), truth[name].get(k)) for k in sorted(diff)[:2]]}") from None
+
+
+async def force_upstream_expiry(sim: Simulator, churn: Churn, changes: int) -> None:
+    """Changes the wrapper's upstream watches cannot see, then history compaction and dropped watches:
+    the wrapper's resume gets 410 from the simulator and it must relist."""
+    sim.pause_watches()
+    for _ in range(changes):
+        churn.step()
+    sim.compact()
+    sim.close_watches()
+    sim.resume_watches()
+    await asyncio.sleep(0)
+
+
+async def scripted_run(st: Stack, models: dict[str, ReflectorModel], seed: int, pace: float) -> Churn:
+    churn = Churn(st.sim, seed, LOCAL)
+    every = CHANGES // FORCED_EXPIRIES
+    for i in range(CHANGES):
+        if i % every == every // 2:
+            await force_upstream_expiry(st.sim, churn, 5)
+        churn.step()
+        await asyncio.sleep(pace if i % 10 == 0 else 0)
+    await converge(models, st.sim)
+    return churn
+
+
+def upstream_relists(w: Running) -> int:
+    return sum(r.state.relists for r in w.informers.reflectors.values())
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["list-watch", "streaming-list"])
+async def test_hundreds_of_changes_and_forced_upstream_expiries_converge_without_client_relists(
+    streaming: bool,
+) -> None:
+    async with stack(servicegrid_demo(), node=LOCAL) as st, \
+            running_clients(clients(st.wrapper.url, streaming=streaming, timeout_seconds=(300, 600))) as models:
+        await scripted_run(st, models, seed=1 if streaming else 2, pace=0.005)
+        # The expiries really happened upstream: the wrapper relisted from the simulator ...
+        assert upstream_relists(st.wrapper) >= FORCED_EXPIRIES
+        # ... and absorbed them: no client relisted, none saw a protocol violation.
+        for name, m in models.items():
+            assert m.violations == [], (name, m.violations)
+            assert m.relists == 0, (name, m.relist_reasons)
+            assert m.lists == (0 if streaming else 1), name
+        assert sum(m.events for m in models.values()) > CHANGES // 2
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["list-watch", "streaming-list"])
+async def test_short_wrapper_side_watch_timeouts_resume_from_the_last_rv_without_relists(streaming: bool) -> None:
+    async with stack(servicegrid_demo(), node=LOCAL) as st, \
+            running_clients(clients(st.wrapper.url, streaming=streaming, timeout_seconds=(1, 2))) as models:
+        await scripted_run(st, models, seed=3 if streaming else 4, pace=0.1)
+        for name, m in models.items():
+            assert m.violations == [], (name, m.violations)
+            assert m.relists == 0, (name, m.relist_reasons)
+            # The wrapper ended the 1-2 s watches several times; each time the client re-watched.
+            assert m.watches >= 3, (name, m.watches)
+        assert upstream_relists(st.wrapper) >= FORCED_EXPIRIES
+
+
+class ResumingReflector(ReflectorModel):
+    """A reflector that restarts from a resourceVersion it remembers (as after a process restart
+    of a client that kept its RV) instead of listing first."""
+
+    async def _run(self) -> None:
+        need_list = False
+        drop_rv = False
+        while True:
+            try:
+                if need_list:
+                    if self.streaming:
+                        await self._watch(initial=True)
+                    else:
+                        await self._list(drop_rv)
+                        await self._watch(initial=False)
+                else:
+                    await self._watch(initial=False)
+                need_list = False
+            except _Relist as exc:
+                self.relist_reasons.append(str(exc))
+                need_list, drop_rv = True, exc.drop_rv
+                self.relists += 1
+                await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["list-watch", "streaming-list"])
+async def test_a_deliberately_too_old_rv_is_the_only_relist(streaming: bool) -> None:
+    async with stack(servicegrid_demo(), node=LOCAL) as st:
+        churn = Churn(st.sim, 5, LOCAL)
+        for _ in range(50):
+            churn.step()
+        m = ResumingReflector(st.wrapper.url, ENDPOINTSLICES.collection_path(), "EndpointSlice",
+                              "discovery.k8s.io/v1", label_selector=PROXY_LABELS, streaming=streaming,
+                              timeout_seconds=(1, 2))
+        m.last_rv = "1"  # older than anything the wrapper can replay
+        models = {"endpointslices": m}
+        m.start()
+        try:
+            for _ in range(100):
+                churn.step()
+                await asyncio.sleep(0.01)
+            await converge(models, st.sim)
+            assert m.relists == 1, m.relist_reasons
+            assert m.relist_reasons[0].startswith("watch ERROR 410"), m.relist_reasons
+            assert m.violations == []
+            assert m.watches >= 2
+        finally:
+            await m.stop()
