@@ -125,15 +125,21 @@ class ClusterCache:
             return
         new = {_key(o): o for o in items}
         old = raw.objects
-        for key, obj in list(old.items()):
-            if key not in new:
-                self._apply(resource, "DELETED", obj, rv, synthetic=True)
+        # Changed objects go out in their own resourceVersion order, carrying their real RVs
+        # (a client may write them back); deletions, whose RV the list doesn't say, at the list's.
+        changed: list[tuple[int, str, JSONDict]] = []
         for key, obj in new.items():
             prev = old.get(key)
             if prev is None:
-                self._apply(resource, "ADDED", obj, rv, synthetic=True)
+                changed.append((_rv_of(obj), "ADDED", obj))
             elif _rv_of(prev) != _rv_of(obj):
-                self._apply(resource, "MODIFIED", obj, rv, synthetic=True)
+                changed.append((_rv_of(obj), "MODIFIED", obj))
+        changed.sort(key=lambda c: c[0])
+        for obj_rv, type_, obj in changed:
+            self._apply(resource, type_, obj, min(obj_rv, rv), synthetic=True)
+        for key, obj in list(old.items()):
+            if key not in new:
+                self._apply(resource, "DELETED", obj, rv, synthetic=True)
         raw.rv = max(raw.rv, rv)
         self.views[resource.plural].advance(rv)
 

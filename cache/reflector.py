@@ -119,6 +119,13 @@ class Reflector:
                 log.warning("upstream %s: %s; relisting", name, exc)
                 self._need_list = True
                 await self._sleep(0)
+            except aiohttp.http_exceptions.HttpProcessingError as exc:
+                # e.g. a watch line over the read buffer: the stream can't be trusted from here.
+                log.warning("upstream %s: unreadable watch stream (%s); relisting", name, exc)
+                self.state.connected = False
+                self.state.disconnected_since = time.monotonic()
+                self._need_list = True
+                await self._sleep(0)
             except (aiohttp.ClientError, TimeoutError, UpstreamError, OSError) as exc:
                 msg = _describe(exc)
                 if self.state.connected or msg != self.state.last_error:
@@ -129,6 +136,12 @@ class Reflector:
                 self.state.last_error = msg
                 self.state.reconnects += 1
                 await self._sleep(exc.retry_after if isinstance(exc, UpstreamError) else 0)
+            except Exception:
+                # Never let one bad response end this resource's updates for good.
+                log.exception("upstream %s: unexpected error; relisting", name)
+                self.state.connected = False
+                self._need_list = True
+                await self._sleep(0)
 
     async def _sleep(self, at_least: float) -> None:
         # Full jitter keeps a fleet of edge nodes from reconnecting in lockstep.

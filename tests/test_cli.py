@@ -73,13 +73,14 @@ def test_missing_hostname_is_one_line_error() -> None:
 def test_bad_kubeconfig_is_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "kubeconfig"
     bad.write_text("this: [is not a kubeconfig")
-    proc = run_cli("--kubeconfig", str(bad), "--hostname", "bj-1", "--bind-address", f"127.0.0.1:{free_port()}")
+    proc = run_cli("--kubeconfig", str(bad), "--hostname", "bj-1", "--bind-address", f"127.0.0.1:{free_port()}",
+                   "--cache-dir", "")
     assert_one_line_error(proc, "kubeconfig")
 
 
 def test_missing_kubeconfig_file_is_one_line_error(tmp_path: Path) -> None:
     proc = run_cli("--kubeconfig", str(tmp_path / "nope"), "--hostname", "bj-1",
-                   "--bind-address", f"127.0.0.1:{free_port()}")
+                   "--bind-address", f"127.0.0.1:{free_port()}", "--cache-dir", "")
     assert_one_line_error(proc, "kubeconfig")
 
 
@@ -89,7 +90,8 @@ def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = run_cli("--kubeconfig", str(cfg), "--hostname", "bj-1", "--bind-address", f"127.0.0.1:{port}")
+        proc = run_cli("--kubeconfig", str(cfg), "--hostname", "bj-1", "--bind-address", f"127.0.0.1:{port}",
+                       "--cache-dir", str(tmp_path / "cache"))
     assert_one_line_error(proc, "cannot listen", str(port))
 
 
@@ -104,7 +106,8 @@ async def test_unreachable_apiserver_keeps_retrying_and_stays_not_ready(tmp_path
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "wrapper", "--kubeconfig", str(cfg), "--hostname", "bj-1",
-        "--bind-address", f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "--bind-address", f"127.0.0.1:{port}", "--debug-bind-address", f"127.0.0.1:{free_port()}",
+        "--cache-dir", str(tmp_path / "cache"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
         statuses: list[int] = []

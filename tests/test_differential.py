@@ -262,10 +262,6 @@ async def test_watches_with_initial_state_send_the_same_objects_and_then_the_sam
         assert got[n:] == want[n:], req_id
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after an upstream relist the wrapper restamps every changed object with "
-                   "the list resourceVersion (cache/cluster.py ClusterCache.replace -> View.publish -> stamp), so "
-                   "lists/gets differ from upstream in metadata.resourceVersion, and a write of the object read "
-                   "through the wrapper (kubectl edit/replace) gets 409 Conflict from the apiserver")
 async def test_after_a_forced_upstream_relist_lists_still_equal_the_simulators(pair: Stack) -> None:
     sim, w = pair.sim, pair.wrapper
     sim.pause_watches()

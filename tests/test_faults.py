@@ -424,9 +424,6 @@ async def test_a_malformed_list_response_is_an_error_and_the_reflector_retries(
     assert "not JSON" in messages and "resourceVersion" in messages
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a watch line over aiohttp's 4 MiB line limit raises "
-                   "aiohttp.http_exceptions.LineTooLong, which Reflector.run does not catch (not a ClientError): "
-                   "the reflector task dies and the resource is never updated again (cache/reflector.py run/_watch)")
 async def test_an_oversized_watch_event_does_not_kill_the_reflector() -> None:
     fake = GarbageUpstream(servicegrid_demo())
     good = fake.good_event(SERVICES, "default/plain-svc", {"good": "yes"})

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from cache.upstream import UpstreamClient
 from cache.view import View
@@ -22,6 +23,23 @@ from wrapper.serving import ServeSettings, WatchRegistry, serve_get, serve_list,
 log = logging.getLogger(__name__)
 
 Middleware = Callable[..., Awaitable[web.StreamResponse]]
+
+
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs malformed requests (oversized headers, bad request lines) with a traceback
+    at ERROR; any local client could flood the log that way. One line at INFO is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "rejected a malformed HTTP request: %s", (str(exc).splitlines()[0][:200],)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
 
 VIEWS = web.AppKey("views", Mapping[str, View])
 REGISTRY = web.AppKey("watch_registry", WatchRegistry)

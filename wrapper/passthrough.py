@@ -7,6 +7,7 @@ watches of other resources are copied chunk by chunk, with compression left as i
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
@@ -25,12 +26,36 @@ _HOP = frozenset({
 })
 
 
+# The apiserver's own limit on request bodies is 3 MiB; nothing kube-proxy sends comes close.
+MAX_BODY = 3 << 20
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _too_large() -> web.Response:
+    st = status.failure(413, f"request entity too large: limit is {MAX_BODY} bytes", "RequestEntityTooLarge")
+    return web.Response(body=orjson.dumps(st), status=413, content_type="application/json")
+
+
+async def _limited(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in stream.iter_any():
+        seen += len(chunk)
+        if seen > MAX_BODY:
+            raise _TooLarge
+        yield chunk
+
+
 async def forward(request: web.Request, client: UpstreamClient) -> web.StreamResponse:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _too_large()
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
     if "Authorization" not in request.headers:
         headers.update(await client.auth_headers())
     url = URL(client.base_url + request.raw_path, encoded=True)
-    body = request.content if request.body_exists else None
+    body = _limited(request.content) if request.body_exists else None
     resp: web.StreamResponse | None = None
     try:
         async with client.session.request(
@@ -46,7 +71,11 @@ async def forward(request: web.Request, client: UpstreamClient) -> web.StreamRes
                 await resp.write(chunk)
             await resp.write_eof()
             return resp
+    except _TooLarge:
+        return _too_large()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        if isinstance(exc.__cause__, _TooLarge) or isinstance(exc.__context__, _TooLarge):
+            return _too_large()
         if resp is not None and resp.prepared:
             # Mid-stream: all we can do is end the response; the client sees EOF and retries.
             log.info("pass-through %s %s ended early: %s", request.method, request.path, exc)
