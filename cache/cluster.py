@@ -255,7 +255,12 @@ class ClusterCache:
         outputs: dict[str, JSONDict] = {}
         for svc in {old_svc, new_svc} - {None}:
             assert svc is not None
-            outputs.update(self._filtered_slices(svc))
+            if isinstance(self.service_keys.get(svc), TopologyKeys):
+                outputs.update(self._filtered_slices(svc))
+            else:
+                # Unfiltered siblings are served as they are and cannot have changed; this
+                # skips a deep compare of every sibling on each event of a plain Service.
+                self.topology_counts.pop(svc, None)
         if type_ == "DELETED":
             view.publish([("DELETED", obj)], rv, synthetic=synthetic)
         else:
@@ -380,9 +385,8 @@ class ClusterCache:
         if not isinstance(keys, TopologyKeys):
             self.topology_counts.pop(svc_key, None)
             return {_key(s): s for s in slices}  # type: ignore[misc,arg-type]
-        decision = filter_endpoint_slices(self.context(), keys, slices)
-        kept = sum(1 for d in decision.endpoints_detail if d.kept)
-        self.topology_counts[svc_key] = (kept, len(decision.endpoints_detail) - kept)
+        decision = filter_endpoint_slices(self.context(), keys, slices, detail=False)
+        self.topology_counts[svc_key] = (decision.kept, decision.dropped)
         return {_key(s): s for s in decision.slices}  # type: ignore[misc,arg-type]
 
     def _filtered_endpoints(self, key: str, obj: JSONDict) -> JSONDict:
@@ -390,7 +394,7 @@ class ClusterCache:
         if not isinstance(keys, TopologyKeys):
             return obj
         ep: Endpoints = obj  # type: ignore[assignment]
-        return filter_endpoints(self.context(), keys, ep).endpoints  # type: ignore[return-value]
+        return filter_endpoints(self.context(), keys, ep, detail=False).endpoints  # type: ignore[return-value]
 
     # ---- explanations (the debug page) --------------------------------------------------
 

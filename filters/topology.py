@@ -22,7 +22,12 @@ Per family:
 Inputs are never mutated. Objects whose endpoint lists are unchanged are returned by
 identity, so callers can cheaply tell "nothing changed".
 
-Besides the filtered objects each decision carries records for a debug page:
+Every decision carries ``kept`` and ``dropped`` endpoint counts and, per family, a
+``FamilyDecision``. With ``detail=True`` (the debug page) it also carries one
+``EndpointDecision`` per endpoint; the cache's hot path passes ``detail=False`` and skips
+building those records, which cost more than the decision itself.
+
+The records:
 
 * ``families``: one ``FamilyDecision`` per address family, in order of first appearance,
   with the winning key (a key, ``"*"`` or ``None``), the candidate tier and notes on why
@@ -33,6 +38,7 @@ Besides the filtered objects each decision carries records for a debug page:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -93,11 +99,16 @@ class EndpointDecision:
 
 @dataclass(frozen=True)
 class SliceDecision:
-    """``slices`` matches the input one to one, in order; unchanged slices are the input objects."""
+    """``slices`` matches the input one to one, in order; unchanged slices are the input objects.
+
+    ``endpoints_detail`` is empty unless the filter was asked for detail.
+    """
 
     slices: list[EndpointSlice]
     families: tuple[FamilyDecision, ...]
     endpoints_detail: tuple[EndpointDecision, ...]
+    kept: int
+    dropped: int
 
 
 @dataclass(frozen=True)
@@ -107,58 +118,86 @@ class EndpointsDecision:
     endpoints: Endpoints
     families: tuple[FamilyDecision, ...]
     endpoints_detail: tuple[EndpointDecision, ...]
+    kept: int
+    dropped: int
+
+
+# One endpoint as the key choice sees it: (nodeName, ready, serving-and-terminating).
+_Member = tuple[str | None, bool, bool]
 
 
 @dataclass(frozen=True)
-class _Item:
-    """One endpoint, reduced to what the decision needs."""
+class _Choice:
+    """The outcome of choosing a key for one family, before any endpoint is judged."""
 
-    origin: str
-    addresses: tuple[str, ...]
-    node_name: str | None
     family: str
-    ready: bool
-    serving_terminating: bool
+    winner: str | None
+    local_value: str | None
+    tier: Tier
+    candidates: int
+    total: int
+    notes: tuple[str, ...]
 
 
-def filter_endpoint_slices(ctx: TopologyContext, keys: TopologyKeys, slices: Sequence[EndpointSlice]) -> SliceDecision:
+def filter_endpoint_slices(
+    ctx: TopologyContext, keys: TopologyKeys, slices: Sequence[EndpointSlice], *, detail: bool = True
+) -> SliceDecision:
     """Filter all EndpointSlices of one Service (see the module docstring for the rules)."""
-    items: list[_Item] = []
+    groups: dict[str, list[_Member]] = {}
     for s in slices:
-        origin = str((s.get("metadata") or {}).get("name", ""))
-        family = str(s.get("addressType") or UNKNOWN_FAMILY)
-        for ep in s.get("endpoints") or ():
+        endpoints = s.get("endpoints")
+        if not endpoints:
+            continue
+        members = groups.setdefault(str(s.get("addressType") or UNKNOWN_FAMILY), [])
+        for ep in endpoints:
             cond = ep.get("conditions") or {}
             # API defaults: ready and serving nil mean true, terminating nil means false.
-            serving = cond.get("serving") is not False
-            items.append(
-                _Item(
-                    origin=origin,
-                    addresses=tuple(ep.get("addresses") or ()),
-                    node_name=ep.get("nodeName") or None,
-                    family=family,
-                    ready=cond.get("ready") is not False,
-                    serving_terminating=serving and cond.get("terminating") is True,
-                )
-            )
-    families, details = _decide(ctx, keys, items)
-
+            members.append((
+                ep.get("nodeName") or None,
+                cond.get("ready") is not False,
+                cond.get("serving") is not False and cond.get("terminating") is True,
+            ))
+    choices = {family: _choose(ctx, keys, family, members) for family, members in groups.items()}
+    kept_by_family = dict.fromkeys(choices, 0)
+    records: list[EndpointDecision] = []
     out: list[EndpointSlice] = []
-    position = 0
     for s in slices:
         endpoints = s.get("endpoints") or []
-        verdicts = details[position : position + len(endpoints)]
-        position += len(endpoints)
-        if all(d.kept for d in verdicts):
+        if not endpoints:
+            out.append(s)
+            continue
+        choice = choices[str(s.get("addressType") or UNKNOWN_FAMILY)]
+        flags = [_keeps(ctx, choice, ep.get("nodeName") or None) for ep in endpoints]
+        kept_here = sum(flags)
+        kept_by_family[choice.family] += kept_here
+        if detail:
+            origin = str((s.get("metadata") or {}).get("name", ""))
+            for ep in endpoints:
+                cond = ep.get("conditions") or {}
+                records.append(_verdict(
+                    ctx, choice, origin, tuple(ep.get("addresses") or ()), ep.get("nodeName") or None,
+                    cond.get("ready") is not False,
+                ))
+        if kept_here == len(endpoints):
             out.append(s)
             continue
         copy = s.copy()
-        copy["endpoints"] = [ep for ep, d in zip(endpoints, verdicts, strict=True) if d.kept]
+        copy["endpoints"] = [ep for ep, keep in zip(endpoints, flags, strict=True) if keep]
         out.append(copy)
-    return SliceDecision(slices=out, families=families, endpoints_detail=tuple(details))
+    kept = sum(kept_by_family.values())
+    total = sum(len(m) for m in groups.values())
+    return SliceDecision(
+        slices=out,
+        families=_families(choices, kept_by_family),
+        endpoints_detail=tuple(records),
+        kept=kept,
+        dropped=total - kept,
+    )
 
 
-def filter_endpoints(ctx: TopologyContext, keys: TopologyKeys, ep: Endpoints) -> EndpointsDecision:
+def filter_endpoints(
+    ctx: TopologyContext, keys: TopologyKeys, ep: Endpoints, *, detail: bool = True
+) -> EndpointsDecision:
     """Filter a core/v1 Endpoints object (see the module docstring for the rules).
 
     ``addresses`` are ready and ``notReadyAddresses`` are not; core Endpoints carry no
@@ -166,39 +205,41 @@ def filter_endpoints(ctx: TopologyContext, keys: TopologyKeys, ep: Endpoints) ->
     filtering empties are dropped; subsets that were already empty are left alone.
     """
     subsets: list[EndpointSubset] = ep.get("subsets") or []
-    items: list[_Item] = []
-    for i, subset in enumerate(subsets):
+    groups: dict[str, list[_Member]] = {}
+    for subset in subsets:
         for field, ready in (("addresses", True), ("notReadyAddresses", False)):
             for addr in _addresses(subset, field):
-                ip = str(addr.get("ip", ""))
-                items.append(
-                    _Item(
-                        origin=f"subsets[{i}].{field}",
-                        addresses=(ip,),
-                        node_name=addr.get("nodeName") or None,
-                        family=_ip_family(ip),
-                        ready=ready,
-                        serving_terminating=False,
-                    )
-                )
-    families, details = _decide(ctx, keys, items)
-    if all(d.kept for d in details):
-        return EndpointsDecision(endpoints=ep, families=families, endpoints_detail=tuple(details))
+                family = _ip_family(str(addr.get("ip", "")))
+                groups.setdefault(family, []).append((addr.get("nodeName") or None, ready, False))
+    choices = {family: _choose(ctx, keys, family, members) for family, members in groups.items()}
+    kept_by_family = dict.fromkeys(choices, 0)
+    records: list[EndpointDecision] = []
+
+    def judge(addrs: list[EndpointAddress], origin: str, ready: bool) -> list[EndpointAddress]:
+        kept_addrs = []
+        for addr in addrs:
+            ip = str(addr.get("ip", ""))
+            choice = choices[_ip_family(ip)]
+            node = addr.get("nodeName") or None
+            keep = _keeps(ctx, choice, node)
+            if keep:
+                kept_by_family[choice.family] += 1
+                kept_addrs.append(addr)
+            if detail:
+                records.append(_verdict(ctx, choice, origin, (ip,), node, ready))
+        return kept_addrs
 
     new_subsets: list[EndpointSubset] = []
-    position = 0
-    for subset in subsets:
+    changed = False
+    for i, subset in enumerate(subsets):
         ready_in = _addresses(subset, "addresses")
         not_ready_in = _addresses(subset, "notReadyAddresses")
-        ready_verdicts = details[position : position + len(ready_in)]
-        position += len(ready_in)
-        not_ready_verdicts = details[position : position + len(not_ready_in)]
-        position += len(not_ready_in)
-        ready_kept = [a for a, d in zip(ready_in, ready_verdicts, strict=True) if d.kept]
-        not_ready_kept = [a for a, d in zip(not_ready_in, not_ready_verdicts, strict=True) if d.kept]
+        ready_kept = judge(ready_in, f"subsets[{i}].addresses", True)
+        not_ready_kept = judge(not_ready_in, f"subsets[{i}].notReadyAddresses", False)
         if len(ready_kept) == len(ready_in) and len(not_ready_kept) == len(not_ready_in):
             new_subsets.append(subset)
             continue
+        changed = True
         if not ready_kept and not not_ready_kept:
             continue
         copy = subset.copy()
@@ -207,9 +248,19 @@ def filter_endpoints(ctx: TopologyContext, keys: TopologyKeys, ep: Endpoints) ->
         if "notReadyAddresses" in subset:
             copy["notReadyAddresses"] = not_ready_kept
         new_subsets.append(copy)
-    out = ep.copy()
-    out["subsets"] = new_subsets
-    return EndpointsDecision(endpoints=out, families=families, endpoints_detail=tuple(details))
+    kept = sum(kept_by_family.values())
+    total = sum(len(m) for m in groups.values())
+    result = ep
+    if changed:
+        result = ep.copy()
+        result["subsets"] = new_subsets
+    return EndpointsDecision(
+        endpoints=result,
+        families=_families(choices, kept_by_family),
+        endpoints_detail=tuple(records),
+        kept=kept,
+        dropped=total - kept,
+    )
 
 
 def _addresses(subset: EndpointSubset, field: str) -> list[EndpointAddress]:
@@ -219,7 +270,9 @@ def _addresses(subset: EndpointSubset, field: str) -> list[EndpointAddress]:
     return subset.get("notReadyAddresses") or []
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _ip_family(ip: str) -> str:
+    # Cached: parsing is the costliest step per address and pod IPs recur on every refilter.
     try:
         version = ipaddress.ip_address(ip).version
     except ValueError:
@@ -227,35 +280,26 @@ def _ip_family(ip: str) -> str:
     return "IPv4" if version == 4 else "IPv6"
 
 
-def _decide(
-    ctx: TopologyContext, keys: TopologyKeys, items: Sequence[_Item]
-) -> tuple[tuple[FamilyDecision, ...], list[EndpointDecision]]:
-    """Decide every family; the endpoint records come back in input order."""
-    by_family: dict[str, list[int]] = {}
-    for index, item in enumerate(items):
-        by_family.setdefault(item.family, []).append(index)
-    records: list[EndpointDecision | None] = [None] * len(items)
-    families: list[FamilyDecision] = []
-    for family, indexes in by_family.items():
-        members = [items[i] for i in indexes]
-        decision, verdicts = _decide_family(ctx, keys, family, members)
-        families.append(decision)
-        for i, record in zip(indexes, verdicts, strict=True):
-            records[i] = record
-    return tuple(families), [r for r in records if r is not None]
+def _families(choices: Mapping[str, _Choice], kept: Mapping[str, int]) -> tuple[FamilyDecision, ...]:
+    return tuple(
+        FamilyDecision(
+            family=c.family, winner=c.winner, tier=c.tier, candidates=c.candidates, total=c.total,
+            kept=kept[c.family], notes=c.notes,
+        )
+        for c in choices.values()
+    )
 
 
-def _decide_family(
-    ctx: TopologyContext, keys: TopologyKeys, family: str, items: Sequence[_Item]
-) -> tuple[FamilyDecision, list[EndpointDecision]]:
+def _choose(ctx: TopologyContext, keys: TopologyKeys, family: str, members: Sequence[_Member]) -> _Choice:
     tier: Tier = "ready"
-    candidates = [i for i in items if i.ready]
+    candidates = [m[0] for m in members if m[1]]
     if not candidates:
         tier = "serving-terminating"
-        candidates = [i for i in items if i.serving_terminating]
+        candidates = [m[0] for m in members if m[2]]
     if not candidates:
         tier = "all"
-        candidates = list(items)
+        candidates = [m[0] for m in members]
+    candidate_nodes = set(candidates)
 
     winner: str | None = None
     local_value: str | None = None
@@ -268,49 +312,51 @@ def _decide_family(
             else:
                 notes.append(f"{key}: local node {ctx.local_node} has no such label")
             continue
-        if any(_node_value(ctx, key, c.node_name) == local_value for c in candidates):
+        if any(_node_value(ctx, key, node) == local_value for node in candidate_nodes):
             winner = key
             break
         notes.append(f"{key}={local_value}: no {tier} endpoint in this domain")
     if winner is None and keys.wildcard:
         winner = WILDCARD
-
-    records = [_verdict(ctx, winner, local_value, item) for item in items]
-    decision = FamilyDecision(
-        family=family,
-        winner=winner,
-        tier=tier,
-        candidates=len(candidates),
-        total=len(items),
-        kept=sum(r.kept for r in records),
-        notes=tuple(notes),
+    return _Choice(
+        family=family, winner=winner, local_value=local_value, tier=tier,
+        candidates=len(candidates), total=len(members), notes=tuple(notes),
     )
-    return decision, records
 
 
-def _verdict(ctx: TopologyContext, winner: str | None, local_value: str | None, item: _Item) -> EndpointDecision:
+def _keeps(ctx: TopologyContext, choice: _Choice, node_name: str | None) -> bool:
+    """Whether the endpoint stays; the same answer as ``_verdict(...).kept``, without the words."""
+    winner = choice.winner
+    if winner == WILDCARD:
+        return True
+    if winner is None or node_name is None:
+        return False
+    # An unknown node reads as None, never equal to the (present) local value.
+    return _node_value(ctx, winner, node_name) == choice.local_value
+
+
+def _verdict(
+    ctx: TopologyContext, choice: _Choice, origin: str, addresses: tuple[str, ...], node_name: str | None,
+    ready: bool,
+) -> EndpointDecision:
     def record(kept: bool, reason: str) -> EndpointDecision:
         return EndpointDecision(
-            origin=item.origin,
-            addresses=item.addresses,
-            node_name=item.node_name,
-            family=item.family,
-            ready=item.ready,
-            kept=kept,
-            reason=reason,
+            origin=origin, addresses=addresses, node_name=node_name, family=choice.family, ready=ready,
+            kept=kept, reason=reason,
         )
 
+    winner, local_value = choice.winner, choice.local_value
     if winner == WILDCARD:
         return record(True, 'kept by "*"')
-    if item.node_name is None:
+    if node_name is None:
         return record(False, "no nodeName")
-    if item.node_name not in ctx.nodes:
-        return record(False, f"node {item.node_name} not in cache")
+    if node_name not in ctx.nodes:
+        return record(False, f"node {node_name} not in cache")
     if winner is None:
         return record(False, 'no key matched and no "*"')
-    value = _node_value(ctx, winner, item.node_name)
+    value = _node_value(ctx, winner, node_name)
     if value is None:
-        return record(False, f"node {item.node_name} has no label {winner}")
+        return record(False, f"node {node_name} has no label {winner}")
     if value == local_value:
         return record(True, f"matched key {winner}={value}")
     return record(False, f"different {winner}: {value} != {local_value}")

@@ -592,3 +592,51 @@ def test_output_is_an_ordered_subset_of_input_and_input_is_untouched(
     assert len(decision.endpoints_detail) == sum(len(s.get("endpoints") or []) for s in slices)
     if not topo.keys and topo.wildcard:
         assert all(out is inp for inp, out in zip(slices, decision.slices, strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    slices=st.lists(slice_strategy, max_size=4),
+    topo=keys_strategy,
+    local=st.sampled_from(["bj-1", "gz-3", "gone"]),
+)
+def test_fast_path_without_detail_decides_exactly_like_the_detailed_one(
+    slices: list[EndpointSlice], topo: TopologyKeys, local: str
+) -> None:
+    detailed = filter_endpoint_slices(ctx(local), topo, slices)
+    fast = filter_endpoint_slices(ctx(local), topo, slices, detail=False)
+    assert fast.endpoints_detail == ()
+    assert fast.slices == detailed.slices and fast.families == detailed.families
+    assert all(a is b or a == b for a, b in zip(fast.slices, detailed.slices, strict=True))
+    kept = sum(d.kept for d in detailed.endpoints_detail)
+    assert (fast.kept, fast.dropped) == (detailed.kept, detailed.dropped) == (
+        kept, len(detailed.endpoints_detail) - kept
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    slices=st.lists(slice_strategy, max_size=4),
+    topo=keys_strategy,
+    local=st.sampled_from(["bj-1", "gz-3", "gone"]),
+)
+def test_core_endpoints_fast_path_matches_the_detailed_one(
+    slices: list[EndpointSlice], topo: TopologyKeys, local: str
+) -> None:
+    # Reuse the slice strategy's endpoints as core Endpoints addresses, ready or not.
+    subsets: list[dict[str, object]] = []
+    for s in slices:
+        ready = [{"ip": e["addresses"][0], **({"nodeName": e["nodeName"]} if "nodeName" in e else {})}
+                 for e in s.get("endpoints") or [] if e.get("conditions", {}).get("ready") is not False]
+        not_ready = [{"ip": e["addresses"][0], **({"nodeName": e["nodeName"]} if "nodeName" in e else {})}
+                     for e in s.get("endpoints") or [] if e.get("conditions", {}).get("ready") is False]
+        subsets.append({"addresses": ready, "notReadyAddresses": not_ready, "ports": [{"port": 80}]})
+    eps = cast(Endpoints, {"metadata": {"name": "svc", "namespace": "default"}, "subsets": subsets})
+    detailed = filter_endpoints(ctx(local), topo, eps)
+    fast = filter_endpoints(ctx(local), topo, eps, detail=False)
+    assert fast.endpoints == detailed.endpoints and fast.families == detailed.families
+    assert (fast.endpoints is eps) == (detailed.endpoints is eps)
+    kept = sum(d.kept for d in detailed.endpoints_detail)
+    assert (fast.kept, fast.dropped) == (detailed.kept, detailed.dropped) == (
+        kept, len(detailed.endpoints_detail) - kept
+    )
