@@ -512,7 +512,7 @@ async def phase_ingest(http: aiohttp.ClientSession, s: Settings, ctl: str, wp: W
 
 
 async def phase_profile(http: aiohttp.ClientSession, s: Settings, ctl: str, wp: WrapperProc) -> dict[str, Any]:
-    """pyinstrument (the wrapper's /debug/pprof/profile) during ingest at the target rate, then storms."""
+    """pyinstrument (the wrapper's /debug/pprof/profile) during ingest at the target rate, storms, fan-out."""
     out: dict[str, Any] = {}
     ws = await open_watchers(http, wp.url, 1)
     try:
@@ -546,6 +546,21 @@ async def phase_profile(http: aiohttp.ClientSession, s: Settings, ctl: str, wp: 
         (s.results_dir / "profile-storm.collapsed").write_text(text)
         out["storm"] = top_frames(text)
         out["storm"]["relabels"] = n
+    finally:
+        for w in ws:
+            await w.stop()
+    # Fan-out: the hardest latency case, 20 watchers at 2,000 changes/s.
+    ws = await open_watchers(http, wp.url, max(s.latency_watchers))
+    try:
+        prof = asyncio.create_task(_fetch_text(
+            http, f"{wp.debug_url}/debug/pprof/profile?seconds={s.profile_s}&format=collapsed"))
+        await asyncio.sleep(0.2)
+        await post_json(http, f"{ctl}/ctl/drive", {"rate": max(s.latency_s), "duration": s.profile_s - 0.5,
+                                                   "mode": "patch", "pool": "plain", "tag_start": 50_000_000,
+                                                   "record": False, "seed": s.seed})
+        text = await prof
+        (s.results_dir / "profile-fanout.collapsed").write_text(text)
+        out["fanout"] = top_frames(text)
     finally:
         for w in ws:
             await w.stop()

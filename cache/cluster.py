@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cache.compact import compact_endpoints, compact_slice
 from cache.view import View
 from filters.keys import MalformedKeys, TopologyKeys, parse_topology_keys
 from filters.topology import TopologyContext, filter_endpoint_slices, filter_endpoints
@@ -68,6 +69,13 @@ def _nodes_of_endpoints(obj: JSONDict) -> frozenset[str]:
     )
 
 
+def _compact(resource: Resource, obj: JSONDict) -> None:
+    if resource is ENDPOINTSLICES:
+        compact_slice(obj)
+    elif resource is ENDPOINTS:
+        compact_endpoints(obj)
+
+
 def _same_content(a: JSONDict, b: JSONDict) -> bool:
     """Equal apart from metadata.resourceVersion (served copies carry the event's RV)."""
     if a is b:
@@ -92,6 +100,7 @@ class ClusterCache:
         }
         self._raw: dict[str, _Raw] = {r.plural: _Raw() for r in ALL}
         self.node_labels: dict[str, dict[str, str]] = {}
+        self._context = TopologyContext(local_node=local_node, nodes=self.node_labels)
         self.service_keys: dict[str, Keys] = {}
         self._slices_by_service: dict[str, set[str]] = {}
         self._services_by_label: dict[str, set[str]] = {}
@@ -116,6 +125,8 @@ class ClusterCache:
         """A full upstream list. Before the first full sync it just loads; after, it diffs."""
         raw = self._raw[resource.plural]
         self.generation += 1
+        for obj in items:
+            _compact(resource, obj)
         if not self.ready:
             raw.objects = {_key(o): o for o in items}
             raw.rv = rv
@@ -148,6 +159,7 @@ class ClusterCache:
         rv = _rv_of(obj)
         raw = self._raw[resource.plural]
         self.events_in[resource.plural] += 1
+        _compact(resource, obj)
         self.generation += 1
         if not self.ready:
             # Still loading: the first full build computes everything at once.
@@ -175,7 +187,9 @@ class ClusterCache:
         return self._raw[resource.plural].objects
 
     def context(self) -> TopologyContext:
-        return TopologyContext(local_node=self.local_node, nodes=self.node_labels)
+        # One context for the cache's life: it reads node_labels live, and building one per
+        # refiltered Service showed in storm profiles.
+        return self._context
 
     def slices_of(self, svc_key: str) -> list[EndpointSlice]:
         raw = self._raw[ENDPOINTSLICES.plural].objects
@@ -284,11 +298,30 @@ class ClusterCache:
         for label in changed:
             affected |= self._services_by_label.get(label, set())
         if name != self.local_node:
-            # A remote node only matters to Services with endpoints on it; the local node's
-            # labels are the reference every endpoint is compared with, so it matters to all.
+            # A remote node only matters to Services with endpoints on it.
             affected.intersection_update(self._services_on_node.get(name, ()))
+        elif old is not None and new is not None:
+            affected.intersection_update(self._services_near_local(changed, old, new))
         if affected:
             self._refilter(affected, rv)
+
+    def _services_near_local(self, changed: set[str], old: dict[str, str], new: dict[str, str]) -> set[str]:
+        """Services that may see a change when the local node's ``changed`` labels move.
+
+        A key whose local value goes from A to B can only change the outcome of a Service
+        with an endpoint in domain A or B: for any other its win status stays "no match"
+        under both values, and nothing it keeps depends on A or B. The local node itself is
+        in both domains. (Node presence is not in ``changed`` here: old and new both exist.)
+        """
+        values = {label: {old.get(label), new.get(label)} - {None} for label in changed}
+        nodes = {self.local_node}
+        for node, labels in self.node_labels.items():
+            if any(labels.get(label) in vals for label, vals in values.items()):
+                nodes.add(node)
+        services: set[str] = set()
+        for node in nodes:
+            services.update(self._services_on_node.get(node, ()))
+        return services
 
     def _track(self, ref: str, service: str | None, nodes: frozenset[str]) -> None:
         """Record that ``ref`` (a slice or Endpoints) of ``service`` has endpoints on ``nodes``."""

@@ -48,11 +48,14 @@ class Identity:
     upstream: str
 
 
-def _header(payload: bytes, identity: Identity, now: float | None) -> bytes:
+def _header(parts: list[bytes], identity: Identity, now: float | None) -> bytes:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
     header = {
         "magic": MAGIC, "version": VERSION, "node": identity.node, "upstream": identity.upstream,
-        "created": now if now is not None else time.time(), "size": len(payload),
-        "sha256": hashlib.sha256(payload).hexdigest(),
+        "created": now if now is not None else time.time(), "size": sum(len(p) for p in parts),
+        "sha256": digest.hexdigest(),
     }
     return orjson.dumps(header) + b"\n"
 
@@ -63,14 +66,16 @@ def encode(cache: ClusterCache, identity: Identity, now: float | None = None) ->
             r.plural: {"rv": cache.upstream_rv(r), "items": list(cache.raw_objects(r).values())} for r in ALL
         }
     })
-    return _header(payload, identity, now) + payload
+    return _header([payload], identity, now) + payload
 
 
 ENCODE_BATCH = 500
 
 
-async def encode_cooperatively(cache: ClusterCache, identity: Identity) -> bytes:
-    """``encode``, yielding to the event loop between batches so serving never stalls on it.
+async def encode_cooperatively(cache: ClusterCache, identity: Identity) -> list[bytes]:
+    """``encode`` as a list of chunks, yielding to the event loop between batches so serving
+    never stalls on it. The chunks are never joined: at scale the snapshot is tens of MB, and
+    each joined copy would stay in the process's peak memory.
 
     The object lists are taken at one instant, so the snapshot is consistent: the cache
     replaces objects on change and never mutates a stored one.
@@ -86,10 +91,9 @@ async def encode_cooperatively(cache: ClusterCache, identity: Identity) -> bytes
             await asyncio.sleep(0)
         parts.append(b"]}" + (b"," if i < len(state) - 1 else b""))
     parts.append(b"}}")
-    payload = b"".join(parts)
     # hashlib releases the GIL on large buffers, so the checksum runs beside the loop.
-    header = await asyncio.to_thread(_header, payload, identity, None)
-    return header + payload
+    header = await asyncio.to_thread(_header, parts, identity, None)
+    return [header, *parts]
 
 
 def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -123,13 +127,14 @@ def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, A
     return header, body
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | list[bytes]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in [data] if isinstance(data, bytes) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -208,7 +213,7 @@ class Persister:
         self.writes += 1
         return True
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: list[bytes]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(self.directory / FILENAME, data)
 

@@ -22,10 +22,10 @@ Per family:
 Inputs are never mutated. Objects whose endpoint lists are unchanged are returned by
 identity, so callers can cheaply tell "nothing changed".
 
-Every decision carries ``kept`` and ``dropped`` endpoint counts and, per family, a
-``FamilyDecision``. With ``detail=True`` (the debug page) it also carries one
-``EndpointDecision`` per endpoint; the cache's hot path passes ``detail=False`` and skips
-building those records, which cost more than the decision itself.
+Every decision carries ``kept`` and ``dropped`` endpoint counts. With ``detail=True`` (the
+debug page) it also carries a ``FamilyDecision`` per family and an ``EndpointDecision`` per
+endpoint; the cache's hot path passes ``detail=False`` and skips building those records,
+which cost more than the decision itself.
 
 The records:
 
@@ -101,7 +101,7 @@ class EndpointDecision:
 class SliceDecision:
     """``slices`` matches the input one to one, in order; unchanged slices are the input objects.
 
-    ``endpoints_detail`` is empty unless the filter was asked for detail.
+    ``families`` and ``endpoints_detail`` are empty unless the filter was asked for detail.
     """
 
     slices: list[EndpointSlice]
@@ -167,7 +167,7 @@ def filter_endpoint_slices(
             out.append(s)
             continue
         choice = choices[str(s.get("addressType") or UNKNOWN_FAMILY)]
-        flags = [_keeps(ctx, choice, ep.get("nodeName") or None) for ep in endpoints]
+        flags = _keep_flags(ctx, choice, [ep.get("nodeName") for ep in endpoints])
         kept_here = sum(flags)
         kept_by_family[choice.family] += kept_here
         if detail:
@@ -188,7 +188,7 @@ def filter_endpoint_slices(
     total = sum(len(m) for m in groups.values())
     return SliceDecision(
         slices=out,
-        families=_families(choices, kept_by_family),
+        families=_families(choices, kept_by_family) if detail else (),
         endpoints_detail=tuple(records),
         kept=kept,
         dropped=total - kept,
@@ -216,13 +216,14 @@ def filter_endpoints(
     records: list[EndpointDecision] = []
 
     def judge(addrs: list[EndpointAddress], origin: str, ready: bool) -> list[EndpointAddress]:
+        if not addrs:
+            return addrs
         kept_addrs = []
         for addr in addrs:
             ip = str(addr.get("ip", ""))
             choice = choices[_ip_family(ip)]
             node = addr.get("nodeName") or None
-            keep = _keeps(ctx, choice, node)
-            if keep:
+            if _keep_flags(ctx, choice, [node])[0]:
                 kept_by_family[choice.family] += 1
                 kept_addrs.append(addr)
             if detail:
@@ -256,7 +257,7 @@ def filter_endpoints(
         result["subsets"] = new_subsets
     return EndpointsDecision(
         endpoints=result,
-        families=_families(choices, kept_by_family),
+        families=_families(choices, kept_by_family) if detail else (),
         endpoints_detail=tuple(records),
         kept=kept,
         dropped=total - kept,
@@ -299,7 +300,8 @@ def _choose(ctx: TopologyContext, keys: TopologyKeys, family: str, members: Sequ
     if not candidates:
         tier = "all"
         candidates = [m[0] for m in members]
-    candidate_nodes = set(candidates)
+    candidate_nodes = {n for n in candidates if n is not None}
+    nodes_get = ctx.nodes.get
 
     winner: str | None = None
     local_value: str | None = None
@@ -312,7 +314,12 @@ def _choose(ctx: TopologyContext, keys: TopologyKeys, family: str, members: Sequ
             else:
                 notes.append(f"{key}: local node {ctx.local_node} has no such label")
             continue
-        if any(_node_value(ctx, key, node) == local_value for node in candidate_nodes):
+        if key == HOSTNAME_KEY:
+            hit = local_value in candidate_nodes
+        else:
+            hit = any((labels := nodes_get(n)) is not None and labels.get(key) == local_value
+                      for n in candidate_nodes)
+        if hit:
             winner = key
             break
         notes.append(f"{key}={local_value}: no {tier} endpoint in this domain")
@@ -324,15 +331,21 @@ def _choose(ctx: TopologyContext, keys: TopologyKeys, family: str, members: Sequ
     )
 
 
-def _keeps(ctx: TopologyContext, choice: _Choice, node_name: str | None) -> bool:
-    """Whether the endpoint stays; the same answer as ``_verdict(...).kept``, without the words."""
+def _keep_flags(ctx: TopologyContext, choice: _Choice, node_names: list[str | None]) -> list[bool]:
+    """Whether each endpoint stays, given its nodeName: ``_verdict(...).kept`` without the words."""
     winner = choice.winner
     if winner == WILDCARD:
-        return True
-    if winner is None or node_name is None:
-        return False
-    # An unknown node reads as None, never equal to the (present) local value.
-    return _node_value(ctx, winner, node_name) == choice.local_value
+        return [True] * len(node_names)
+    if winner is None:
+        return [False] * len(node_names)
+    local_value = choice.local_value
+    if winner == HOSTNAME_KEY:
+        # The winner was chosen, so the local node is in the cache: equal names suffice.
+        return [n == local_value for n in node_names]
+    # An unknown node (or a missing/empty nodeName) reads as None, never the local value.
+    nodes_get = ctx.nodes.get
+    return [(labels := nodes_get(n)) is not None and labels.get(winner) == local_value  # type: ignore[arg-type]
+            for n in node_names]
 
 
 def _verdict(

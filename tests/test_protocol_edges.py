@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from apisim.seeds import scale_cluster, servicegrid_demo
+from apisim.seeds import scale_cluster, service, servicegrid_demo
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTSLICES, NODES, SERVICES
 from tests.support.stack import Stack, stack
@@ -258,3 +258,29 @@ async def test_a_client_that_disconnects_mid_watch_leaves_no_handler_behind(wrap
     assert code == 200
     for name, res in page["resources"].items():
         assert res["watches"] == [] and res["watchers"] == 0, name
+
+
+async def test_watchers_with_different_selections_each_see_their_own_selector_transitions(quick: Stack) -> None:
+    # Watch lines are computed once per selection and shared: watchers that share a selector
+    # must get identical lines, and other selections (or namespaces) must not get theirs.
+    quick.sim.create(SERVICES, service("default", "moving", "10.96.7.7", 80, 8080, labels={"tier": "web"}))
+    rv = str(quick.sim.rv)
+    url = quick.wrapper.url + SERVICES.collection_path()
+    web = {"watch": "true", "resourceVersion": rv, "labelSelector": "tier=web"}
+    db = {"watch": "true", "resourceVersion": rv, "labelSelector": "tier=db"}
+    other_ns = {"watch": "true", "resourceVersion": rv, "labelSelector": "tier=web"}
+    watches = [
+        asyncio.create_task(first_watch_lines(url, web, 2)),
+        asyncio.create_task(first_watch_lines(url, web, 2)),
+        asyncio.create_task(first_watch_lines(url, db, 1)),
+        asyncio.create_task(first_watch_lines(quick.wrapper.url + SERVICES.collection_path("kube-system"),
+                                              {**other_ns, "timeoutSeconds": "2"}, 1)),
+    ]
+    await asyncio.sleep(0.3)
+    quick.sim.patch_labels(SERVICES, "default", "moving", {"tier": "db"})  # leaves web, enters db
+    quick.sim.patch_labels(SERVICES, "default", "moving", {"tier": "web"})  # back into web
+    (_, _, web1), (_, _, web2), (_, _, dbs), (_, _, elsewhere) = await asyncio.gather(*watches)
+    assert [e["type"] for e in web1] == ["DELETED", "ADDED"] and web1 == web2
+    assert web1[0]["object"]["metadata"]["labels"]["tier"] == "web", "leaving carries the previous content"
+    assert [e["type"] for e in dbs] == ["ADDED"] and dbs[0]["object"]["metadata"]["labels"]["tier"] == "db"
+    assert elsewhere == [], "a Service in default never reaches a kube-system watch"

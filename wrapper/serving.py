@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import logging
 import random
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -225,7 +226,8 @@ async def serve_watch(
     await wait_synced(view, settings)
     accept = request.headers.get("Accept")
     table = tables.wants_table(accept)
-    writer = _EventWriter(view, predicate(opts), namespace, table, tables.table_api_version(accept) if table else "")
+    writer = _EventWriter(view, predicate(opts), namespace, table, tables.table_api_version(accept) if table else "",
+                          selection=sys.intern(repr((namespace, opts.label, opts.field))))
     resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
     # Headers go out now: clients must see a quiet watch as open, not hung.
     await resp.prepare(request)
@@ -339,7 +341,9 @@ class _ClientStalled(Exception):
 
 async def _write(resp: web.StreamResponse, body: bytes, settings: ServeSettings) -> None:
     try:
-        await asyncio.wait_for(resp.write(body), settings.write_timeout)
+        # A timeout scope, not wait_for: no task per write on the hot path.
+        async with asyncio.timeout(settings.write_timeout):
+            await resp.write(body)
     except TimeoutError:
         raise _ClientStalled from None
 
@@ -355,8 +359,11 @@ def _error_line(err: StatusError) -> bytes:
 class _EventWriter:
     """Turns shared history events into this watcher's lines (selectors, tables)."""
 
-    def __init__(self, view: View, pred: Predicate | None, namespace: str | None, table: bool, table_version: str):
+    def __init__(self, view: View, pred: Predicate | None, namespace: str | None, table: bool, table_version: str,
+                 selection: str | None = None):
         self.view = view
+        # Table lines depend on per-watcher state (headers once), so they are never shared.
+        self.selection = None if table else selection
         self.namespace = namespace
         self.table = table
         self.table_version = table_version
@@ -390,6 +397,17 @@ class _EventWriter:
         pred = self.pred
         if pred is None:
             return ev.line if not self.table else self._line(ev.type, ev.entry.obj, ev.entry.raw)
+        sel = self.selection
+        if sel is None:
+            return self._select(ev, pred)
+        if ev.selected is None:
+            ev.selected = {}
+        line = ev.selected.get(sel)
+        if line is None:
+            line = ev.selected[sel] = self._select(ev, pred)
+        return line
+
+    def _select(self, ev: Event, pred: Predicate) -> bytes:
         new_match = pred(ev.entry.obj)
         if ev.type == "MODIFIED":
             old_match = ev.prev is not None and pred(ev.prev)
