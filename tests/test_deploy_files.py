@@ -391,7 +391,7 @@ def test_daemonset_init_container_is_narrow(pod: Doc) -> None:
 def test_daemonset_resources(container: Doc) -> None:
     res = container["resources"]
     assert res["requests"] == {"cpu": "50m", "memory": "128Mi"}
-    assert res["limits"]["memory"] == "320Mi"
+    assert res["limits"]["memory"] == "512Mi"  # the benchmark's peak RSS at edge scale, plus headroom
     assert "cpu" not in res["limits"]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import ipaddress
 import logging
 import os
@@ -29,6 +28,7 @@ from cache.upstream import ConfigError, UpstreamClient
 from wrapper.app import build_app
 from wrapper.authz import ClientAuthorizer
 from wrapper.debug import Debug
+from wrapper.heap import manage_heap
 from wrapper.logs import configure_logging
 from wrapper.metrics import Metrics
 from wrapper.serving import ServeSettings, WatchRegistry
@@ -239,19 +239,6 @@ async def wait_for_signal(run_seconds: float = 0) -> None:
     await stop.wait()
 
 
-async def settle_heap(cache: ClusterCache) -> None:
-    """Keep the cyclic GC off the cached objects.
-
-    The cache is a large heap of acyclic dicts; scanning it in a full collection stalls the
-    loop for long enough to delay watch events. Objects alive after the first sync are moved
-    to the permanent generation, and young collections run less often.
-    """
-    gc.set_threshold(50_000, 20, 100)
-    await cache.ready_event.wait()
-    gc.collect()
-    gc.freeze()
-
-
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -289,7 +276,7 @@ async def serve_main(args: argparse.Namespace) -> None:
                                   offline_grace=None if args.ready_while_offline else args.offline_grace,
                                   authorizer=ClientAuthorizer(client) if args.authorize_clients else None)
     log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
-    heap_task = asyncio.create_task(settle_heap(running.cache), name="settle-heap")
+    heap_task = asyncio.create_task(manage_heap(running.cache.ready_event), name="heap")
     try:
         await wait_for_signal()
         log.info("shutting down")
