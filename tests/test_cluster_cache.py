@@ -49,6 +49,16 @@ def feed(cache: ClusterCache, before: dict[str, dict[str, JSONDict]], sim: Simul
     return now
 
 
+def synced(nodes: dict[str, dict[str, str]], services: list[ServiceSpec]
+           ) -> tuple[Simulator, ClusterCache, dict[str, dict[str, JSONDict]]]:
+    """A simulator with the cluster, and a cache that has listed it (and the state it saw)."""
+    sim = Simulator(seed_of(nodes, services))
+    cache = ClusterCache(LOCAL)
+    for r in ALL:
+        cache.replace(r, sim.list(r), sim.rv)
+    return sim, cache, {r.plural: {key_of(o): o for o in sim.list(r)} for r in ALL}
+
+
 def assert_matches_oracle(cache: ClusterCache, sim: Simulator) -> None:
     for r in (NODES, SERVICES, ENDPOINTSLICES, ENDPOINTS):
         assert comparable(served(cache, r.plural)) == comparable(filtered_state(sim, r, LOCAL)), r.plural
@@ -59,12 +69,7 @@ def assert_matches_oracle(cache: ClusterCache, sim: Simulator) -> None:
 def test_incremental_view_equals_filtered_upstream_after_every_change(
     spec: tuple[dict[str, dict[str, str]], list[ServiceSpec]], changes: list[tuple[Any, ...]]
 ) -> None:
-    nodes, services = spec
-    sim = Simulator(seed_of(nodes, services))
-    cache = ClusterCache(LOCAL)
-    for r in ALL:
-        cache.replace(r, sim.list(r), sim.rv)
-    state = {r.plural: {key_of(o): o for o in sim.list(r)} for r in ALL}
+    sim, cache, state = synced(*spec)
     assert_matches_oracle(cache, sim)
     for change in changes:
         apply(sim, change)
@@ -78,12 +83,7 @@ def test_local_and_remote_relabels_refilter_exactly_what_changed(
     spec: tuple[dict[str, dict[str, str]], list[ServiceSpec]], moves: list[tuple[str, dict[str, str]]]
 ) -> None:
     # Relabels only: the narrowed re-filter must still catch every Service whose view changes.
-    nodes, services = spec
-    sim = Simulator(seed_of(nodes, services))
-    cache = ClusterCache(LOCAL)
-    for r in ALL:
-        cache.replace(r, sim.list(r), sim.rv)
-    state = {r.plural: {key_of(o): o for o in sim.list(r)} for r in ALL}
+    sim, cache, state = synced(*spec)
     for name, labels in moves:
         apply(sim, ("relabel", name, labels))
         state = feed(cache, state, sim)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -568,12 +569,18 @@ keys_strategy = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    slices=st.lists(slice_strategy, max_size=4),
-    topo=keys_strategy,
-    local=st.sampled_from(["bj-1", "gz-3", "gone"]),
-)
+def random_filter_inputs(examples: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Hypothesis over (slices, topo, local): random slices, keys and local node."""
+    def wrap(test: Callable[..., None]) -> Callable[..., None]:
+        return settings(max_examples=examples, deadline=None)(given(
+            slices=st.lists(slice_strategy, max_size=4),
+            topo=keys_strategy,
+            local=st.sampled_from(["bj-1", "gz-3", "gone"]),
+        )(test))
+    return wrap
+
+
+@random_filter_inputs(examples=300)
 def test_output_is_an_ordered_subset_of_input_and_input_is_untouched(
     slices: list[EndpointSlice], topo: TopologyKeys, local: str
 ) -> None:
@@ -594,12 +601,7 @@ def test_output_is_an_ordered_subset_of_input_and_input_is_untouched(
         assert all(out is inp for inp, out in zip(slices, decision.slices, strict=True))
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    slices=st.lists(slice_strategy, max_size=4),
-    topo=keys_strategy,
-    local=st.sampled_from(["bj-1", "gz-3", "gone"]),
-)
+@random_filter_inputs(examples=300)
 def test_fast_path_without_detail_decides_exactly_like_the_detailed_one(
     slices: list[EndpointSlice], topo: TopologyKeys, local: str
 ) -> None:
@@ -614,12 +616,7 @@ def test_fast_path_without_detail_decides_exactly_like_the_detailed_one(
     )
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    slices=st.lists(slice_strategy, max_size=4),
-    topo=keys_strategy,
-    local=st.sampled_from(["bj-1", "gz-3", "gone"]),
-)
+@random_filter_inputs(examples=200)
 def test_core_endpoints_fast_path_matches_the_detailed_one(
     slices: list[EndpointSlice], topo: TopologyKeys, local: str
 ) -> None:
