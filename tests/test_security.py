@@ -220,3 +220,17 @@ async def test_authorize_clients_keeps_using_cached_decisions_while_offline(
     assert (await _status(url, "proxy-token"))[0] == 200
     # A client never seen before cannot be decided offline.
     assert (await _status(url, "nobody-token"))[0] == 503
+
+
+async def test_tokens_never_reach_the_logs_even_at_debug_level(
+    authz_wrapper: tuple[Running, ClientAuthorizer], caplog: pytest.LogCaptureFixture
+) -> None:
+    running, _ = authz_wrapper
+    caplog.set_level("DEBUG")
+    secrets = ["proxy-token", "nobody-token", "forged-secret-token"]
+    for token in secrets:
+        await _status(f"{running.url}{ENDPOINTSLICES.collection_path()}", token)
+        await _status(f"{running.url}/api/v1/namespaces/default/configmaps", token)  # passed through
+    assert caplog.records, "the requests were logged at debug level"
+    text = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
+    assert not [t for t in secrets if t in text]
