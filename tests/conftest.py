@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,18 +11,11 @@ from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from cache.reflector import ReflectorSettings
 from cache.upstream import UpstreamClient
+from tests.support.stack import wait_ready
 from wrapper.cli import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
 LOCAL_NODE = "bj-1"
-
-
-async def wait_ready(running: Running, timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if running.cache.ready:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("wrapper did not sync from the simulator")
 
 
 @pytest.fixture

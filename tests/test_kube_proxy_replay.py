@@ -17,7 +17,7 @@ import pytest
 
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTSLICES, NODES, SERVICES
-from tests.support.reflector import ReflectorModel
+from tests.support.reflector import ReflectorModel, running_clients
 from wrapper.cli import Running
 
 PROXY_LABELS = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
@@ -41,16 +41,8 @@ def kube_proxy_reflectors(url: str, node: str, *, streaming: bool) -> dict[str, 
 
 @pytest.fixture(params=[False, True], ids=["list-watch", "streaming-list"])
 async def proxy(request: pytest.FixtureRequest, wrapper: Running) -> AsyncIterator[dict[str, ReflectorModel]]:
-    models = kube_proxy_reflectors(wrapper.url, "bj-1", streaming=request.param)
-    for m in models.values():
-        m.start()
-    try:
-        for m in models.values():
-            await m.wait_until(lambda store: True)
+    async with running_clients(kube_proxy_reflectors(wrapper.url, "bj-1", streaming=request.param)) as models:
         yield models
-    finally:
-        for m in models.values():
-            await m.stop()
 
 
 def slice_nodes(store: dict[str, dict[str, Any]], service: str) -> set[str]:

@@ -9,8 +9,6 @@ its clients must never need a relist, and must end with exactly filters(upstream
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,7 +18,7 @@ from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from tests.support.churn import Churn
 from tests.support.oracle import PROXY_LABELS, PROXY_SERVICE_FIELDS, comparable, kube_proxy_truth
-from tests.support.reflector import ReflectorModel, _Relist
+from tests.support.reflector import ReflectorModel, _Relist, running_clients
 from tests.support.stack import Stack, stack
 from wrapper.cli import Running
 
@@ -41,19 +39,6 @@ def clients(url: str, *, streaming: bool, timeout_seconds: tuple[int, int]) -> d
                                 **common),
         "endpoints": ReflectorModel(url, ENDPOINTS.collection_path(), "Endpoints", "v1", **common),
     }
-
-
-@contextlib.asynccontextmanager
-async def running_clients(models: dict[str, ReflectorModel]) -> AsyncIterator[dict[str, ReflectorModel]]:
-    for m in models.values():
-        m.start()
-    try:
-        for m in models.values():
-            await m.wait_until(lambda store: True)
-        yield models
-    finally:
-        for m in models.values():
-            await m.stop()
 
 
 async def converge(models: dict[str, ReflectorModel], sim: Simulator, timeout: float = 20) -> None:

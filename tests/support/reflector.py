@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -256,3 +256,17 @@ class ReflectorModel:
         if pending is None:
             self.changed.set()
         return pending
+
+
+@contextlib.asynccontextmanager
+async def running_clients(models: dict[str, ReflectorModel]) -> AsyncIterator[dict[str, ReflectorModel]]:
+    """Start every model, wait for each one's first sync, and stop them all on exit."""
+    for m in models.values():
+        m.start()
+    try:
+        for m in models.values():
+            await m.wait_until(lambda store: True)
+        yield models
+    finally:
+        for m in models.values():
+            await m.stop()
