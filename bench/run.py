@@ -34,6 +34,7 @@ import orjson
 from bench.procstat import cpu_seconds, memory_kb
 from bench.stats import Row, ms, percentile, render, slope
 from bench.watchers import HEADERS, KUBE_PROXY_SELECTOR, SLICES, Watcher, current_rv, open_watchers
+from wrapper.heap import manage_heap
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -606,6 +607,10 @@ async def run(s: Settings) -> dict[str, Any]:
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
     t_run = time.monotonic()
+    # The clients time-stamp what they receive: a full collection here would read as latency.
+    started = asyncio.Event()
+    started.set()
+    heap_task = asyncio.create_task(manage_heap(started))
     with tempfile.TemporaryDirectory(prefix="agw-bench-") as tmpdir:
         tmp = Path(tmpdir)
         log("starting the upstream simulator and loading the scale cluster")
@@ -656,6 +661,7 @@ async def run(s: Settings) -> dict[str, Any]:
             if wp is not None:
                 await wp.proc.stop()
             await upstream.stop()
+    heap_task.cancel()
     res["elapsed_s"] = time.monotonic() - t_run
     return res
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache.compact import compact_endpoints, compact_slice
-from cache.view import View
+import orjson
+
+from cache.view import DEFAULT_HISTORY_BYTES, Entry, HistoryBudget, View, rv_of, selectable, stamp
 from filters.keys import MalformedKeys, TopologyKeys, parse_topology_keys
 from filters.topology import TopologyContext, filter_endpoint_slices, filter_endpoints
 from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
@@ -30,20 +32,44 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _NODE_PRESENCE = "\x00presence"
 
 Keys = TopologyKeys | MalformedKeys | None
+_intern = sys.intern
+
+
+@dataclass(slots=True)
+class _Stored:
+    """An upstream object as kept after the first sync: its JSON, not the decoded dict.
+
+    Decoded JSON costs about ten times its text and, being young, a garbage-collector scan
+    per event; only a topology-aware Service's objects are ever needed decoded again (to
+    re-filter them), and decoding those on demand is cheap next to filtering them.
+    """
+
+    raw: bytes
+    rv: int
+    owner: str | None  # an EndpointSlice's Service
+
+    def obj(self) -> JSONDict:
+        decoded: JSONDict = orjson.loads(self.raw)
+        return decoded
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """What the first full build needs of one object beyond its bytes, taken as it arrives."""
+
+    fields: JSONDict  # its selectable projection, for the view entry
+    nodes: frozenset[str]  # EndpointSlices and Endpoints: nodes with endpoints
+    meta: JSONDict  # Nodes (labels) and Services (annotations): the metadata
 
 
 @dataclass
 class _Raw:
-    objects: dict[str, JSONDict] = field(default_factory=dict)
+    objects: dict[str, _Stored] = field(default_factory=dict)
+    # Until the first full sync: per object, what _build needs (the decoded objects are not
+    # kept, so the memory they took is reused while the list is still being converted).
+    loaded: dict[str, _Loaded] = field(default_factory=dict)
     rv: int = 0
     listed: bool = False
-
-
-def _rv_of(obj: JSONDict) -> int:
-    try:
-        return int(obj["metadata"]["resourceVersion"])
-    except (KeyError, TypeError, ValueError):
-        return 0
 
 
 def _key(obj: JSONDict) -> str:
@@ -59,45 +85,29 @@ def _service_of_slice(obj: JSONDict) -> str | None:
 
 
 def _nodes_of_slice(obj: JSONDict) -> frozenset[str]:
-    return frozenset(n for e in obj.get("endpoints") or () if (n := e.get("nodeName")))
+    # Interned: the same few node names are held by thousands of index entries.
+    return frozenset(_intern(n) for e in obj.get("endpoints") or () if (n := e.get("nodeName")))
 
 
 def _nodes_of_endpoints(obj: JSONDict) -> frozenset[str]:
     return frozenset(
-        n for sub in obj.get("subsets") or ()
+        _intern(n) for sub in obj.get("subsets") or ()
         for field in ("addresses", "notReadyAddresses") for a in sub.get(field) or () if (n := a.get("nodeName"))
     )
 
 
-def _compact(resource: Resource, obj: JSONDict) -> None:
-    if resource is ENDPOINTSLICES:
-        compact_slice(obj)
-    elif resource is ENDPOINTS:
-        compact_endpoints(obj)
-
-
-def _same_content(a: JSONDict, b: JSONDict) -> bool:
-    """Equal apart from metadata.resourceVersion (served copies carry the event's RV)."""
-    if a is b:
-        return True
-    if a.keys() != b.keys():
-        return False
-    for k, v in a.items():
-        if k == "metadata":
-            ma, mb = v, b[k]
-            if ma.keys() != mb.keys() or any(ma[m] != mb[m] for m in ma if m != "resourceVersion"):
-                return False
-        elif v != b[k]:
-            return False
-    return True
+def _exact_json(obj: JSONDict) -> bytes:
+    # orjson's result keeps its spare buffer capacity; a kept copy should be exact.
+    return memoryview(orjson.dumps(obj)).tobytes()
 
 
 class ClusterCache:
-    def __init__(self, local_node: str, *, history_events: int = 20000, history_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, local_node: str, *, history_events: int = 20000, history_bytes: int = DEFAULT_HISTORY_BYTES
+    ) -> None:
         self.local_node = local_node
-        self.views: dict[str, View] = {
-            r.plural: View(r, max_events=history_events, max_bytes=history_bytes) for r in ALL
-        }
+        budget = HistoryBudget(history_bytes)
+        self.views: dict[str, View] = {r.plural: View(r, max_events=history_events, budget=budget) for r in ALL}
         self._raw: dict[str, _Raw] = {r.plural: _Raw() for r in ALL}
         self.node_labels: dict[str, dict[str, str]] = {}
         self._context = TopologyContext(local_node=local_node, nodes=self.node_labels)
@@ -122,13 +132,18 @@ class ClusterCache:
     # ---- reflector sink --------------------------------------------------------------
 
     def replace(self, resource: Resource, items: list[JSONDict], rv: int) -> None:
-        """A full upstream list. Before the first full sync it just loads; after, it diffs."""
+        """A full upstream list. Before the first full sync it just loads; after, it diffs.
+
+        Before the first sync it consumes ``items``: each entry is set to None once converted,
+        so the decoded list is freed as it goes rather than all at the end.
+        """
         raw = self._raw[resource.plural]
         self.generation += 1
-        for obj in items:
-            _compact(resource, obj)
         if not self.ready:
-            raw.objects = {_key(o): o for o in items}
+            raw.objects, raw.loaded = {}, {}
+            for i, obj in enumerate(items):
+                self._load(resource, obj)
+                items[i] = None  # type: ignore[call-overload]
             raw.rv = rv
             raw.listed = True
             if all(r.listed for r in self._raw.values()):
@@ -142,31 +157,31 @@ class ClusterCache:
         for key, obj in new.items():
             prev = old.get(key)
             if prev is None:
-                changed.append((_rv_of(obj), "ADDED", obj))
-            elif _rv_of(prev) != _rv_of(obj):
-                changed.append((_rv_of(obj), "MODIFIED", obj))
+                changed.append((rv_of(obj), "ADDED", obj))
+            elif prev.rv != rv_of(obj):
+                changed.append((rv_of(obj), "MODIFIED", obj))
         changed.sort(key=lambda c: c[0])
         for obj_rv, type_, obj in changed:
             self._apply(resource, type_, obj, min(obj_rv, rv), synthetic=True)
-        for key, obj in list(old.items()):
+        for key, stored in list(old.items()):
             if key not in new:
-                self._apply(resource, "DELETED", obj, rv, synthetic=True)
+                self._apply(resource, "DELETED", stored.obj(), rv, synthetic=True)
         raw.rv = max(raw.rv, rv)
         self.views[resource.plural].advance(rv)
 
     def apply(self, resource: Resource, type_: str, obj: JSONDict) -> None:
         """One upstream watch event (ADDED, MODIFIED or DELETED)."""
-        rv = _rv_of(obj)
+        rv = rv_of(obj)
         raw = self._raw[resource.plural]
         self.events_in[resource.plural] += 1
-        _compact(resource, obj)
         self.generation += 1
         if not self.ready:
             # Still loading: the first full build computes everything at once.
             if type_ == "DELETED":
                 raw.objects.pop(_key(obj), None)
+                raw.loaded.pop(_key(obj), None)
             else:
-                raw.objects[_key(obj)] = obj
+                self._load(resource, obj)
             raw.rv = max(raw.rv, rv)
             return
         self._apply(resource, type_, obj, rv, synthetic=False)
@@ -183,43 +198,73 @@ class ClusterCache:
     def upstream_rv(self, resource: Resource) -> int:
         return self._raw[resource.plural].rv
 
-    def raw_objects(self, resource: Resource) -> dict[str, JSONDict]:
-        return self._raw[resource.plural].objects
+    def raw_items(self, resource: Resource) -> list[bytes]:
+        """The JSON of every upstream object of ``resource`` (after the first sync)."""
+        return [stored.raw for stored in self._raw[resource.plural].objects.values()]
 
     def context(self) -> TopologyContext:
         # One context for the cache's life: it reads node_labels live, and building one per
         # refiltered Service showed in storm profiles.
         return self._context
 
-    def slices_of(self, svc_key: str) -> list[EndpointSlice]:
+    def slices_of(self, svc_key: str, fresh: JSONDict | None = None) -> list[EndpointSlice]:
+        """The upstream slices of one Service, decoded (``fresh``: one just received, not yet stored)."""
         raw = self._raw[ENDPOINTSLICES.plural].objects
-        return [raw[k] for k in sorted(self._slices_by_service.get(svc_key, ()))]  # type: ignore[misc]
+        fresh_key = _key(fresh) if fresh is not None else None
+        out: list[EndpointSlice] = []
+        for k in sorted(self._slices_by_service.get(svc_key, ())):
+            out.append(fresh if k == fresh_key else raw[k].obj())  # type: ignore[arg-type]
+        return out
 
     # ---- internals ---------------------------------------------------------------------
 
+    def _load(self, resource: Resource, obj: JSONDict) -> None:
+        """Before the first sync: keep an object as bytes plus what ``_build`` will need."""
+        key = _key(obj)
+        meta = obj.get("metadata") or {}
+        nodes: frozenset[str] = frozenset()
+        if resource is ENDPOINTSLICES:
+            nodes = _nodes_of_slice(obj)
+        elif resource is ENDPOINTS:
+            nodes = _nodes_of_endpoints(obj)
+        raw = self._raw[resource.plural]
+        raw.objects[key] = _Stored(_exact_json(obj), rv_of(obj),
+                                   _service_of_slice(obj) if resource is ENDPOINTSLICES else None)
+        raw.loaded[key] = _Loaded(selectable(resource, obj), nodes,
+                                  meta if resource is NODES or resource is SERVICES else {})
+
     def _build(self) -> None:
-        """First full sync: derive every view from the raw state, with no events."""
-        for node in self._raw[NODES.plural].objects.values():
-            self.node_labels[_key(node)] = dict(node["metadata"].get("labels") or {})
-        for key, svc in self._raw[SERVICES.plural].objects.items():
-            self._index_service(key, svc)
-        for key, sl in self._raw[ENDPOINTSLICES.plural].objects.items():
-            owner = _service_of_slice(sl)
-            if owner:
-                self._slices_by_service.setdefault(owner, set()).add(key)
-            self._track("s/" + key, owner, _nodes_of_slice(sl))
-        for key, ep in self._raw[ENDPOINTS.plural].objects.items():
-            self._track("e/" + key, key, _nodes_of_endpoints(ep))
-        for res in (NODES, SERVICES):
-            raw = self._raw[res.plural]
-            self.views[res.plural].reset(raw.objects.values(), raw.rv)
-        slices = self._raw[ENDPOINTSLICES.plural]
-        filtered: dict[str, JSONDict] = dict(slices.objects)
-        for svc_key in self._slices_by_service:
-            filtered.update(self._filtered_slices(svc_key))
-        self.views[ENDPOINTSLICES.plural].reset(filtered.values(), slices.rv)
-        eps = self._raw[ENDPOINTS.plural]
-        self.views[ENDPOINTS.plural].reset((self._filtered_endpoints(k, o) for k, o in eps.objects.items()), eps.rv)
+        """First full sync: derive every view from the loaded state, with no events."""
+        loaded = {r.plural: self._raw[r.plural].loaded for r in ALL}
+        for name, info in loaded[NODES.plural].items():
+            self.node_labels[name] = dict(info.meta.get("labels") or {})
+        for key, info in loaded[SERVICES.plural].items():
+            self._index_service(key, {"metadata": info.meta})
+        for key, stored in self._raw[ENDPOINTSLICES.plural].objects.items():
+            if stored.owner:
+                self._slices_by_service.setdefault(stored.owner, set()).add(key)
+            self._track("s/" + key, stored.owner, loaded[ENDPOINTSLICES.plural][key].nodes)
+        for key, info in loaded[ENDPOINTS.plural].items():
+            self._track("e/" + key, key, info.nodes)
+        # Topology-aware Services' objects are served filtered (decoded again, one Service at a
+        # time); everything else is served as it came, sharing the stored bytes.
+        filtered: dict[str, dict[str, JSONDict]] = {r.plural: {} for r in ALL}
+        for svc_key, keys in self.service_keys.items():
+            if isinstance(keys, TopologyKeys):
+                filtered[ENDPOINTSLICES.plural].update(self._filtered_slices(svc_key))
+                stored_ep = self._raw[ENDPOINTS.plural].objects.get(svc_key)
+                if stored_ep is not None:
+                    filtered[ENDPOINTS.plural][svc_key] = self._filtered_endpoints(svc_key, stored_ep.obj())
+        for r in ALL:
+            raw = self._raw[r.plural]
+            view = self.views[r.plural]
+            entries: dict[str, Entry] = {}
+            for key, stored in raw.objects.items():
+                out = filtered[r.plural].get(key)
+                entries[key] = view.entry(out) if out is not None else Entry(
+                    stored.raw, stored.rv, raw.loaded[key].fields)
+            view.load(entries, raw.rv)
+            raw.loaded = {}
         self.ready = True
         self.ready_event.set()
         log.info(
@@ -227,35 +272,54 @@ class ClusterCache:
             *(len(self._raw[r.plural].objects) for r in (NODES, SERVICES, ENDPOINTSLICES, ENDPOINTS)),
         )
 
+    def _store(self, resource: Resource, key: str, obj: JSONDict, *, served_as_is: bool) -> None:
+        """Keep an upstream object as bytes, sharing the served entry's bytes when they are equal.
+
+        They are when the view serves the object unchanged and stamped with its own RV, as it
+        does for every object of a Service without topology keys.
+        """
+        rv = rv_of(obj)
+        entry = self.views[resource.plural].objects.get(key) if served_as_is else None
+        if entry is not None and entry.rv == rv and obj["metadata"].get("resourceVersion") == str(rv):
+            raw = entry.raw
+        else:
+            raw = _exact_json(obj)
+        owner = _service_of_slice(obj) if resource is ENDPOINTSLICES else None
+        self._raw[resource.plural].objects[key] = _Stored(raw, rv, owner)
+
     def _apply(self, resource: Resource, type_: str, obj: JSONDict, rv: int, *, synthetic: bool) -> None:
         raw = self._raw[resource.plural].objects
         key = _key(obj)
         old = raw.get(key)
-        if type_ == "DELETED":
+        deleted = type_ == "DELETED"
+        if deleted:
             if old is None:
                 return
             del raw[key]
-        else:
-            raw[key] = obj
         view = self.views[resource.plural]
-        if resource is NODES:
+        if resource is NODES or resource is SERVICES:
             view.publish([(type_, obj)], rv, synthetic=synthetic)
-            self._node_changed(key, None if type_ == "DELETED" else obj, rv)
-        elif resource is SERVICES:
-            view.publish([(type_, obj)], rv, synthetic=synthetic)
-            self._service_changed(key, None if type_ == "DELETED" else obj, rv)
+            if not deleted:
+                self._store(resource, key, obj, served_as_is=True)
+            if resource is NODES:
+                self._node_changed(key, None if deleted else obj, rv)
+            else:
+                self._service_changed(key, None if deleted else obj, rv)
         elif resource is ENDPOINTSLICES:
             self._slice_changed(key, type_, old, obj, rv, synthetic)
         else:
-            self._track("e/" + key, key, frozenset() if type_ == "DELETED" else _nodes_of_endpoints(obj))
-            out = obj if type_ == "DELETED" else self._filtered_endpoints(key, obj)
+            self._track("e/" + key, key, frozenset() if deleted else _nodes_of_endpoints(obj))
+            out = obj if deleted else self._filtered_endpoints(key, obj)
             view.publish([(type_, out)], rv, synthetic=synthetic)
+            if not deleted:
+                self._store(resource, key, obj, served_as_is=out is obj)
 
     def _slice_changed(
-        self, key: str, type_: str, old: JSONDict | None, obj: JSONDict, rv: int, synthetic: bool
+        self, key: str, type_: str, old: _Stored | None, obj: JSONDict, rv: int, synthetic: bool
     ) -> None:
-        old_svc = _service_of_slice(old) if old else None
-        new_svc = None if type_ == "DELETED" else _service_of_slice(obj)
+        deleted = type_ == "DELETED"
+        old_svc = old.owner if old else None
+        new_svc = None if deleted else _service_of_slice(obj)
         if old_svc and old_svc != new_svc:
             group = self._slices_by_service.get(old_svc)
             if group:
@@ -264,21 +328,23 @@ class ClusterCache:
                     del self._slices_by_service[old_svc]
         if new_svc:
             self._slices_by_service.setdefault(new_svc, set()).add(key)
-        self._track("s/" + key, new_svc, frozenset() if type_ == "DELETED" else _nodes_of_slice(obj))
+        self._track("s/" + key, new_svc, frozenset() if deleted else _nodes_of_slice(obj))
         view = self.views[ENDPOINTSLICES.plural]
         outputs: dict[str, JSONDict] = {}
         for svc in {old_svc, new_svc} - {None}:
             assert svc is not None
             if isinstance(self.service_keys.get(svc), TopologyKeys):
-                outputs.update(self._filtered_slices(svc))
+                outputs.update(self._filtered_slices(svc, None if deleted else obj))
             else:
                 # Unfiltered siblings are served as they are and cannot have changed; this
-                # skips a deep compare of every sibling on each event of a plain Service.
+                # skips decoding and comparing every sibling on each event of a plain Service.
                 self.topology_counts.pop(svc, None)
-        if type_ == "DELETED":
+        if deleted:
             view.publish([("DELETED", obj)], rv, synthetic=synthetic)
         else:
-            view.publish([(type_, outputs.get(key, obj))], rv, synthetic=synthetic)
+            out = outputs.get(key, obj)
+            view.publish([(type_, out)], rv, synthetic=synthetic)
+            self._store(ENDPOINTSLICES, key, obj, served_as_is=out is obj)
         self._publish_changed(view, outputs, rv, skip=key)
 
     def _node_changed(self, name: str, node: JSONDict | None, rv: int) -> None:
@@ -397,7 +463,7 @@ class ClusterCache:
         self._publish_changed(slices_view, outputs, rv)
         eps_view = self.views[ENDPOINTS.plural]
         raw_eps = self._raw[ENDPOINTS.plural].objects
-        ep_outputs = {svc: self._filtered_endpoints(svc, raw_eps[svc]) for svc in services if svc in raw_eps}
+        ep_outputs = {svc: self._filtered_endpoints(svc, raw_eps[svc].obj()) for svc in services if svc in raw_eps}
         self._publish_changed(eps_view, ep_outputs, rv)
 
     def _publish_changed(self, view: View, outputs: dict[str, JSONDict], rv: int, skip: str | None = None) -> None:
@@ -406,15 +472,16 @@ class ClusterCache:
             if key == skip:
                 continue
             served = view.objects.get(key)
-            if served is None or not _same_content(served.obj, outputs[key]):
+            # Unchanged apart from the RV (served objects carry their event's) means no event.
+            if served is None or served.raw != _exact_json(stamp(outputs[key], served.rv)):
                 changes.append(("MODIFIED", outputs[key]))
         if changes:
             self.synthetic_events += view.publish(changes, rv, synthetic=True)
 
-    def _filtered_slices(self, svc_key: str) -> dict[str, JSONDict]:
-        """The served form of every slice of one Service."""
+    def _filtered_slices(self, svc_key: str, fresh: JSONDict | None = None) -> dict[str, JSONDict]:
+        """The served form of every slice of one Service (``fresh``: see ``slices_of``)."""
         keys = self.service_keys.get(svc_key)
-        slices = self.slices_of(svc_key)
+        slices = self.slices_of(svc_key, fresh)
         if not isinstance(keys, TopologyKeys):
             self.topology_counts.pop(svc_key, None)
             return {_key(s): s for s in slices}  # type: ignore[misc,arg-type]

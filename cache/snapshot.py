@@ -2,7 +2,8 @@
 
 File format (one file, ``snapshot.agw``):
 
-    line 1: a JSON header {"magic", "version", "node", "upstream", "created", "sha256", "size"}
+    line 1: a JSON header {"magic", "version", "node", "upstream", "created", "sha256", "size"},
+            padded with spaces to a fixed slot
     rest:   the payload, orjson of {"resources": {plural: {"rv": N, "items": [...]}}}
 
 Only raw upstream objects are stored; the filtered views are rebuilt on load, so a snapshot
@@ -48,59 +49,118 @@ class Identity:
     upstream: str
 
 
-def _header(parts: list[bytes], identity: Identity, now: float | None) -> bytes:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part)
+# The header goes first but is known last (it holds the payload's checksum), so the writer
+# reserves this many bytes for it and fills them in when the payload is on disk. JSON allows
+# the trailing spaces that pad it.
+HEADER_SLOT = 4096
+
+
+def _header(identity: Identity, digest: str, size: int, now: float | None) -> bytes:
     header = {
         "magic": MAGIC, "version": VERSION, "node": identity.node, "upstream": identity.upstream,
-        "created": now if now is not None else time.time(), "size": sum(len(p) for p in parts),
-        "sha256": digest.hexdigest(),
+        "created": now if now is not None else time.time(), "size": size, "sha256": digest,
     }
-    return orjson.dumps(header) + b"\n"
+    return orjson.dumps(header)
 
 
 def encode(cache: ClusterCache, identity: Identity, now: float | None = None) -> bytes:
-    payload = orjson.dumps({
-        "resources": {
-            r.plural: {"rv": cache.upstream_rv(r), "items": list(cache.raw_objects(r).values())} for r in ALL
-        }
-    })
-    return _header([payload], identity, now) + payload
+    """The whole snapshot in memory (tests and tools; the persister streams it to disk)."""
+    parts = [b'{"resources":{']
+    for i, r in enumerate(ALL):
+        parts.append(b"," if i else b"")
+        parts.append(orjson.dumps(r.plural) + b':{"rv":' + str(cache.upstream_rv(r)).encode() + b',"items":[')
+        parts.append(b",".join(cache.raw_items(r)) + b"]}")
+    payload = b"".join(parts) + b"}}"
+    return _header(identity, hashlib.sha256(payload).hexdigest(), len(payload), now) + b"\n" + payload
 
 
-ENCODE_BATCH = 500
+# Objects per write and per turn of the event loop.
+WRITE_BATCH = 500
 
 
-async def encode_cooperatively(cache: ClusterCache, identity: Identity) -> list[bytes]:
-    """``encode`` as a list of chunks, yielding to the event loop between batches so serving
-    never stalls on it. The chunks are never joined: at scale the snapshot is tens of MB, and
-    each joined copy would stay in the process's peak memory.
+class _SnapshotFile:
+    """A snapshot being written to a temporary file, made the real one by ``commit``."""
 
-    The object lists are taken at one instant, so the snapshot is consistent: the cache
-    replaces objects on change and never mutates a stored one.
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.lseek(self._fd, HEADER_SLOT, os.SEEK_SET)
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        self._digest.update(chunk)
+        self._size += len(chunk)
+        _write_all(self._fd, chunk)
+
+    def commit(self, identity: Identity) -> None:
+        """Fill in the header, then fsync, rename and fsync the directory (a blocking call)."""
+        header = _header(identity, self._digest.hexdigest(), self._size, None)
+        if len(header) >= HEADER_SLOT:
+            raise OSError(f"snapshot header is {len(header)} bytes, over its {HEADER_SLOT}-byte slot")
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        _write_all(self._fd, header.ljust(HEADER_SLOT - 1) + b"\n")
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self.tmp, self.path)
+        # The rename itself must reach the disk, or a power cut can lose the new file.
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+async def write_cooperatively(cache: ClusterCache, identity: Identity, path: Path) -> None:
+    """Write the snapshot to ``path`` atomically, yielding to the event loop between batches.
+
+    The cache keeps every upstream object as JSON bytes, so this only joins them; each batch
+    goes to the file at once, since holding the whole snapshot (tens of MB at edge scale)
+    would add it to the process's peak memory every interval. The object lists are taken at
+    one instant, so the snapshot is consistent: the cache replaces stored bytes on change and
+    never mutates them.
     """
-    state = [(r.plural, cache.upstream_rv(r), list(cache.raw_objects(r).values())) for r in ALL]
-    parts: list[bytes] = [b'{"resources":{']
-    for i, (plural, rv, items) in enumerate(state):
-        parts.append(orjson.dumps(plural) + b':{"rv":' + str(rv).encode() + b',"items":[')
-        for start in range(0, len(items), ENCODE_BATCH):
-            chunk = orjson.dumps(items[start:start + ENCODE_BATCH])
-            if len(chunk) > 2:
-                parts.append((b"," if start else b"") + chunk[1:-1])
-            await asyncio.sleep(0)
-        parts.append(b"]}" + (b"," if i < len(state) - 1 else b""))
-    parts.append(b"}}")
-    # hashlib releases the GIL on large buffers, so the checksum runs beside the loop.
-    header = await asyncio.to_thread(_header, parts, identity, None)
-    return [header, *parts]
+    state = [(r.plural, cache.upstream_rv(r), cache.raw_items(r)) for r in ALL]
+    out = _SnapshotFile(path)
+    try:
+        out.write(b'{"resources":{')
+        for i, (plural, rv, items) in enumerate(state):
+            out.write(orjson.dumps(plural) + b':{"rv":' + str(rv).encode() + b',"items":[')
+            for start in range(0, len(items), WRITE_BATCH):
+                if start:
+                    out.write(b",")
+                out.write(b",".join(items[start:start + WRITE_BATCH]))
+                await asyncio.sleep(0)
+            out.write(b"]}" + (b"," if i < len(state) - 1 else b""))
+        out.write(b"}}")
+        await asyncio.to_thread(out.commit, identity)
+    except BaseException:
+        out.discard()
+        raise
 
 
 def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, payload) if ``data`` is a sound snapshot of ``identity``; else SnapshotError."""
-    head, sep, payload = data.partition(b"\n")
-    if not sep:
+    cut = data.find(b"\n")
+    if cut < 0:
         raise SnapshotError("no header line")
+    # A view, not a copy: the payload is tens of MB at edge scale.
+    head, payload = data[:cut], memoryview(data)[cut + 1:]
     try:
         header = orjson.loads(head)
     except orjson.JSONDecodeError:
@@ -125,26 +185,6 @@ def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, A
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise SnapshotError(f"payload is malformed ({exc})") from None
     return header, body
-
-
-def write_atomic(path: Path, data: bytes | list[bytes]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for chunk in [data] if isinstance(data, bytes) else data:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    # The rename itself must reach the disk, or a power cut can lose the new file.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def restore(cache: ClusterCache, directory: Path, identity: Identity) -> bool:
@@ -200,9 +240,9 @@ class Persister:
         gen = self.cache.generation
         if not self.cache.ready or gen == self._saved_generation:
             return False
-        data = await encode_cooperatively(self.cache, self.identity)
         try:
-            await asyncio.to_thread(self._write, data)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            await write_cooperatively(self.cache, self.identity, self.directory / FILENAME)
         except OSError as exc:
             if str(exc) != self.last_error:
                 log.warning("cannot write cache snapshot to %s: %s", self.directory, exc)
@@ -212,10 +252,6 @@ class Persister:
         self._saved_generation = gen
         self.writes += 1
         return True
-
-    def _write(self, data: list[bytes]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.directory / FILENAME, data)
 
     async def _run(self) -> None:
         while True:

@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 
+from cache import kubeconfig_loaders
+
 USER_AGENT = "application-grid-wrapper/0.1.0"
 
 
@@ -40,10 +42,9 @@ class UpstreamClient:
     @classmethod
     async def from_kubeconfig(cls, path: str | None) -> UpstreamClient:
         """Load ``path``, or the in-cluster service account when ``path`` is None."""
-        from kubernetes_asyncio import config as kconfig
-        from kubernetes_asyncio.client import Configuration
+        kconfig, configuration_class = kubeconfig_loaders.load()
 
-        cfg = Configuration()
+        cfg = configuration_class()
         if path and not os.path.isfile(path):  # noqa: ASYNC240 (once, at start-up)
             raise ConfigError(f"cannot load kubeconfig {path}: no such file")
         # Its loader warns on its own before raising; we report the error once ourselves.
@@ -52,7 +53,7 @@ class UpstreamClient:
             if path:
                 await kconfig.load_kube_config(config_file=path, client_configuration=cfg)
             else:
-                kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+                kconfig.load_incluster_config(client_configuration=cfg)
         except Exception as exc:  # the loaders raise many unrelated types
             where = f"kubeconfig {path}" if path else "in-cluster config"
             # YAML errors span several lines; start-up errors must be one line.

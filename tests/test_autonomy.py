@@ -203,3 +203,51 @@ async def test_a_valid_snapshot_of_this_node_and_apiserver_is_restored(sim: Simu
     assert snapshot.restore(cache, tmp_path, snapshot.Identity(LOCAL_NODE, sim.url))
     assert node_names(demo_slice({k: e.obj for k, e in cache.views["endpointslices"].objects.items()})) == {
         "bj-1", "bj-3"}
+
+
+def names_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def _synced_cache(sim: Simulator) -> ClusterCache:
+    cache = ClusterCache(LOCAL_NODE)
+    for r in ALL:
+        cache.replace(r, sim.list(r), sim.rv)
+    return cache
+
+
+async def test_the_persister_streams_a_snapshot_that_decodes_to_the_in_memory_encoding(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    cache = _synced_cache(sim)
+    identity = snapshot.Identity(LOCAL_NODE, sim.url)
+    persister = snapshot.Persister(cache, tmp_path, identity)
+    assert await persister.save_if_changed()
+    data = (tmp_path / snapshot.FILENAME).read_bytes()
+    head, _, _ = data.partition(b"\n")
+    assert len(head) + 1 == snapshot.HEADER_SLOT, "the header fills its fixed slot"
+    _, streamed = snapshot.decode(data, identity)
+    _, whole = snapshot.decode(snapshot.encode(cache, identity), identity)
+    assert streamed == whole
+    assert not await persister.save_if_changed(), "nothing changed since"
+    assert names_in(tmp_path) == [snapshot.FILENAME]
+
+
+async def test_a_failed_snapshot_write_keeps_the_previous_file_and_leaves_no_temporary_behind(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = _synced_cache(sim)
+    identity = snapshot.Identity(LOCAL_NODE, sim.url)
+    good = tmp_path / "good"
+    assert await snapshot.Persister(cache, good, identity).save_if_changed()
+    before = (good / snapshot.FILENAME).read_bytes()
+    # The target is a directory now, so the final rename fails after the payload was written.
+    broken = tmp_path / "broken"
+    (broken / snapshot.FILENAME).mkdir(parents=True)
+    persister = snapshot.Persister(cache, broken, identity)
+    caplog.set_level(logging.WARNING, logger="cache.snapshot")
+    assert not await persister.save_if_changed()
+    assert not await persister.save_if_changed()
+    assert names_in(broken) == [snapshot.FILENAME], "the temporary file was removed"
+    assert len([r for r in caplog.records if "cannot write cache snapshot" in r.getMessage()]) == 1
+    assert (good / snapshot.FILENAME).read_bytes() == before

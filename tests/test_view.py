@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
-from cache.view import Expired, View
+from cache.view import BURST_EVENTS, Expired, HistoryBudget, View
 from kubeapi.resources import ENDPOINTSLICES, SERVICES
 
 
@@ -42,8 +44,8 @@ def test_resume_skips_the_upstream_event_at_the_rv_but_replays_synthesized_ones(
     v.publish([("MODIFIED", svc("x", 3)), ("MODIFIED", svc("y", 3))], 11, synthetic=True)
     v.publish([("ADDED", svc("later", 12))], 12, synthetic=False)
     evs = v.read(v.cursor_after(11))
-    assert [e.entry.obj["metadata"]["name"] for e in evs] == ["x", "y", "later"]
-    assert [e.entry.obj["metadata"]["name"] for e in v.read(v.cursor_after(10))] == ["up", "x", "y", "later"]
+    assert [e.fields["metadata"]["name"] for e in evs] == ["x", "y", "later"]
+    assert [e.fields["metadata"]["name"] for e in v.read(v.cursor_after(10))] == ["up", "x", "y", "later"]
     assert v.read(v.cursor_after(12)) == []
 
 
@@ -54,8 +56,8 @@ def test_deleted_carries_the_last_served_state_with_the_new_rv() -> None:
               synthetic=False)
     ev = v.read(0)[0]
     assert ev.type == "DELETED"
-    assert ev.entry.obj["metadata"]["labels"] == {"app": "x"}
-    assert ev.entry.obj["metadata"]["resourceVersion"] == "11"
+    assert ev.object()["metadata"]["labels"] == {"app": "x"}
+    assert ev.object()["metadata"]["resourceVersion"] == "11"
     assert "default/a" not in v.objects
 
 
@@ -84,9 +86,52 @@ def test_eviction_expires_old_cursors_and_rvs_in_whole_groups() -> None:
     assert [e.rv for e in v.read(v.cursor_after(4))] == [5]
 
 
-async def test_wait_returns_when_an_event_arrives() -> None:
-    import asyncio
+def test_history_events_keep_the_previous_version_only_when_its_labels_differ() -> None:
+    v = View(SERVICES)
+    v.reset([svc("a", 5, app="x")], 10)
+    v.publish([("MODIFIED", {**svc("a", 11, app="x"), "spec": {"ports": [{"port": 80}]}})], 11, synthetic=False)
+    v.publish([("MODIFIED", svc("a", 12, app="y"))], 12, synthetic=False)
+    same, moved = v.read(0)
+    # Nothing a selector reads changed: the superseded object is not pinned by the history.
+    assert same.prev_fields is None and same.prev_raw is None
+    assert moved.prev_fields == {"metadata": {"name": "a", "namespace": "default", "labels": {"app": "x"}}}
+    assert moved.prev_raw is not None and orjson.loads(moved.prev_raw)["spec"] == {"ports": [{"port": 80}]}
+    # The projection holds only what selectors read, and equal ones are shared between versions.
+    assert set(moved.fields["metadata"]) == {"name", "namespace", "labels"}
+    v.publish([("MODIFIED", {**svc("a", 13, app="y"), "spec": {"ports": []}})], 13, synthetic=False)
+    assert v.read(0)[2].fields is moved.fields
 
+
+def test_service_projections_keep_the_selectable_spec_fields() -> None:
+    v = View(SERVICES)
+    v.reset([], 1)
+    obj = {**svc("a", 2), "spec": {"type": "NodePort", "clusterIP": "10.0.0.1", "ports": [{"port": 80}]}}
+    v.publish([("ADDED", obj)], 2, synthetic=False)
+    assert v.read(0)[0].fields["spec"] == {"type": "NodePort", "clusterIP": "10.0.0.1"}
+
+
+def test_views_share_one_history_budget_and_the_largest_history_gives_way() -> None:
+    budget = HistoryBudget(1 << 20)
+    busy, quiet = View(ENDPOINTSLICES, budget=budget), View(SERVICES, budget=budget)
+    busy.reset([], 1)
+    quiet.reset([], 1)
+    quiet.publish([("ADDED", svc("q", 2))], 2, synthetic=False)
+    one_event = budget.used
+    budget.max_bytes = 3 * one_event + one_event // 2  # room for three events of this size
+    for rv in range(3, 8):
+        busy.publish([("ADDED", svc(f"b{rv}", rv))], rv, synthetic=False)
+    assert budget.used <= budget.max_bytes
+    assert budget.used == busy.history_bytes + quiet.history_bytes
+    # The busy view evicted its own oldest events and left the quiet view's one in place.
+    assert quiet.history_depth() == 1
+    assert [e.rv for e in busy.read(busy.cursor_after(5))] == [6, 7]
+    with pytest.raises(Expired):
+        busy.cursor_after(4)
+    busy.reset([], 8)  # a reset returns its history's bytes to the budget
+    assert budget.used == quiet.history_bytes
+
+
+async def test_wait_returns_when_an_event_arrives() -> None:
     v = View(SERVICES)
     v.reset([], 1)
     cursor = v.head()
@@ -103,3 +148,55 @@ async def test_wait_for_rv_times_out_when_the_view_stays_behind() -> None:
     assert not await v.wait_for_rv(5, 0.05)
     v.advance(5)
     assert await v.wait_for_rv(5, 0.05)
+
+
+async def seconds_until_woken(v: View, rv: int) -> float:
+    """Publish one event at ``rv`` and time how long a waiting watcher takes to wake."""
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.create_task(v.wait(v.head(), 5))
+    await asyncio.sleep(0)
+    start = loop.time()
+    v.publish([("ADDED", svc(f"woken-{rv}", rv))], rv, synthetic=False)
+    await asyncio.wait_for(waiter, 2)
+    return loop.time() - start
+
+
+async def test_a_sparse_event_wakes_watchers_at_once() -> None:
+    v = View(SERVICES, wake_interval=0.5)
+    v.reset([], 1)  # a wake
+    await asyncio.sleep(0.6)  # longer ago than the interval
+    assert await seconds_until_woken(v, 2) < 0.25, "not held back for the interval"
+
+
+async def test_events_faster_than_the_wake_interval_wake_watchers_once_for_all_of_them() -> None:
+    loop = asyncio.get_running_loop()
+    v = View(SERVICES, wake_interval=0.2)
+    v.reset([], 1)  # the first wake: watchers now wait up to 0.2 s for the next one
+    cursor = v.head()
+    woke: list[float] = []
+
+    async def watcher() -> None:
+        await v.wait(cursor, 5)
+        woke.append(loop.time())
+
+    task = asyncio.create_task(watcher())
+    await asyncio.sleep(0)
+    start = loop.time()
+    for rv in range(2, 12):
+        v.publish([("ADDED", svc(f"s{rv}", rv))], rv, synthetic=False)
+        await asyncio.sleep(0.005)
+    assert not woke, "still within the interval: no wake per event"
+    await asyncio.wait_for(task, 1)
+    assert 0.1 < woke[0] - start < 0.5
+    assert len(v.read(cursor)) == 10, "one wake delivers every event since"
+
+
+async def test_after_a_burst_watchers_are_woken_at_the_longer_burst_interval() -> None:
+    v = View(SERVICES, wake_interval=0.02)
+    v.burst_wake_interval = 0.4
+    v.reset([], 1)
+    await asyncio.sleep(0.05)
+    for rv in range(2, 3 + BURST_EVENTS):  # one wake at once, then one for the burst after 20 ms
+        v.publish([("ADDED", svc(f"s{rv}", rv))], rv, synthetic=False)
+    await asyncio.sleep(0.1)
+    assert await seconds_until_woken(v, 100) > 0.2, "the wake after a burst waits for the burst interval"

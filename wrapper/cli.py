@@ -28,7 +28,7 @@ from cache.upstream import ConfigError, UpstreamClient
 from wrapper.app import build_app
 from wrapper.authz import ClientAuthorizer
 from wrapper.debug import Debug
-from wrapper.heap import manage_heap
+from wrapper.heap import manage_heap, tune_malloc
 from wrapper.logs import configure_logging
 from wrapper.metrics import Metrics
 from wrapper.serving import ServeSettings, WatchRegistry
@@ -262,6 +262,7 @@ def check_exposure(args: argparse.Namespace, has_tls: bool) -> None:
 async def serve_main(args: argparse.Namespace) -> None:
     if not args.hostname:
         raise StartupError("the local node name is unknown: pass --hostname or set NODE_NAME", 2)
+    tune_malloc()
     tls = tls_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
     try:
         client = await UpstreamClient.from_kubeconfig(args.kubeconfig)

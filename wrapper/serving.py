@@ -94,7 +94,7 @@ async def ensure_rv(view: View, rv: int, settings: ServeSettings) -> None:
 def _matching(entries: Iterable[Entry], pred: Predicate | None) -> list[Entry]:
     if pred is None:
         return list(entries)
-    return [e for e in entries if pred(e.obj)]
+    return [e for e in entries if pred(e.fields)]
 
 
 async def serve_list(
@@ -126,20 +126,27 @@ async def serve_list(
     return resp
 
 
-# The last few list bodies per view: kube-proxies and kubectl ask for the same lists again and
-# again between changes, so joining (and gzipping) them once per view version is enough.
-_LIST_CACHE: weakref.WeakKeyDictionary[View, dict[tuple[object, ...], tuple[bytes, bytes | None]]] = (
+# List bodies of each view's current version, per selection: kube-proxies and kubectl ask for
+# the same lists again and again between changes, so joining (and gzipping) them once per view
+# version is enough. Bodies of older versions can never be served again and are dropped at once
+# (an EndpointSlice list is megabytes).
+_ListKey = tuple[object, ...]
+_LIST_CACHE: weakref.WeakKeyDictionary[View, tuple[_ListKey, dict[_ListKey, tuple[bytes, bytes | None]]]] = (
     weakref.WeakKeyDictionary()
 )
-_LIST_CACHE_SIZE = 8
+_LIST_CACHE_SIZE = 8  # selections per version
 GZIP_MIN_BYTES = 128 * 1024  # the apiserver compresses non-watch responses above this size
 
 
 def _list_body(
     view: View, namespace: str | None, opts: ListOptions, pred: Predicate | None, gzip_ok: bool
 ) -> tuple[bytes, bool]:
-    per_view = _LIST_CACHE.setdefault(view, {})
-    key = (view.resets, view.head(), view.rv, namespace, opts.label, opts.field)
+    version = (view.resets, view.head(), view.rv)
+    cached_version, per_view = _LIST_CACHE.get(view, (None, {}))
+    if cached_version != version:
+        per_view = {}
+        _LIST_CACHE[view] = (version, per_view)
+    key = (namespace, opts.label, opts.field)
     cached = per_view.get(key)
     if cached is None:
         res = view.resource
@@ -163,7 +170,7 @@ def _list_body(
 def _in_namespace(view: View, namespace: str | None) -> Iterable[Entry]:
     if not namespace:
         return view.sorted_entries()
-    return (e for e in view.sorted_entries() if e.obj["metadata"].get("namespace") == namespace)
+    return (e for e in view.sorted_entries() if e.fields["metadata"].get("namespace") == namespace)
 
 
 async def serve_get(
@@ -349,7 +356,7 @@ async def _write(resp: web.StreamResponse, body: bytes, settings: ServeSettings)
 
 
 def _entry_rv(e: Entry) -> int:
-    return int(e.obj["metadata"].get("resourceVersion") or 0)
+    return e.rv
 
 
 def _error_line(err: StatusError) -> bytes:
@@ -380,8 +387,11 @@ class _EventWriter:
 
             self.pred = in_ns
 
-    def _line(self, type_: str, obj: JSONDict, raw: bytes | None) -> bytes:
+    def _line(self, type_: str, obj: JSONDict | None, raw: bytes | None) -> bytes:
+        """The watch line: a table row built from ``obj``, or the event built from ``raw``
+        (or from ``obj`` when there are no bytes)."""
         if self.table:
+            assert obj is not None
             doc = tables.render_table(self.view.resource, [obj], list_rv=None, with_headers=self._first_table,
                                       api_version=self.table_version)
             self._first_table = False
@@ -389,14 +399,14 @@ class _EventWriter:
         return self.view.watch_line(type_, raw if raw is not None else orjson.dumps(obj))
 
     def added(self, entry: Entry) -> bytes:
-        if self.pred is not None and not self.pred(entry.obj):
+        if self.pred is not None and not self.pred(entry.fields):
             return b""
-        return self._line("ADDED", entry.obj, entry.raw)
+        return self._line("ADDED", entry.obj if self.table else None, entry.raw)
 
     def event(self, ev: Event) -> bytes:
         pred = self.pred
         if pred is None:
-            return ev.line if not self.table else self._line(ev.type, ev.entry.obj, ev.entry.raw)
+            return ev.line if not self.table else self._line(ev.type, ev.object(), None)
         sel = self.selection
         if sel is None:
             return self._select(ev, pred)
@@ -408,15 +418,15 @@ class _EventWriter:
         return line
 
     def _select(self, ev: Event, pred: Predicate) -> bytes:
-        new_match = pred(ev.entry.obj)
-        if ev.type == "MODIFIED":
-            old_match = ev.prev is not None and pred(ev.prev)
+        new_match = pred(ev.fields)
+        if ev.prev_fields is not None:  # a MODIFIED that may cross this selector's boundary
+            old_match = pred(ev.prev_fields)
             if new_match and not old_match:
-                return self._line("ADDED", ev.entry.obj, ev.entry.raw)
+                return self._line("ADDED", ev.object(), None) if self.table else self.view.retype(ev.line, "ADDED")
             if old_match and not new_match:
                 # Leaving the selector looks like a deletion: old content, the event's RV.
-                assert ev.prev is not None
-                return self._line("DELETED", stamp(ev.prev, ev.rv), None)
+                assert ev.prev_raw is not None
+                return self._line("DELETED", stamp(orjson.loads(ev.prev_raw), ev.rv), None)
         if not new_match:
             return b""
-        return ev.line if not self.table else self._line(ev.type, ev.entry.obj, ev.entry.raw)
+        return ev.line if not self.table else self._line(ev.type, ev.object(), None)

@@ -1,0 +1,81 @@
+"""Upstream credentials load through kubernetes-asyncio without importing its generated client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, tmp_path: Path) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def exec_plugin_kubeconfig(tmp_path: Path) -> Path:
+    """A kubeconfig whose user gets a token from an exec credential plugin, as EKS/GKE users do."""
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential',"
+        " 'status': {'token': 'from-the-plugin'}}))\n"
+    )
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable, "args": [str(plugin)],
+            "interactiveMode": "Never"}}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }))
+    return cfg
+
+
+PROBE = """
+    import asyncio, json, sys
+    from cache.upstream import UpstreamClient
+
+    async def main():
+        client = await UpstreamClient.from_kubeconfig({path!r})
+        headers = await client.auth_headers()
+        await client.close()
+        mods = [m for m in sys.modules if m.startswith("kubernetes_asyncio")]
+        print(json.dumps({{
+            "url": client.base_url, "auth": headers.get("Authorization"),
+            "modules": len(mods), "models": sum(m.startswith("kubernetes_asyncio.client.models.") for m in mods),
+        }}))
+
+    {prelude}
+    asyncio.run(main())
+"""
+
+
+def test_an_exec_plugin_kubeconfig_loads_without_the_generated_api_models(tmp_path: Path) -> None:
+    cfg = exec_plugin_kubeconfig(tmp_path)
+    got = run_python(PROBE.format(path=str(cfg), prelude=""), tmp_path)
+    assert got["url"] == "https://127.0.0.1:6443"
+    assert got["auth"] == "Bearer from-the-plugin"
+    assert got["models"] == 0
+    assert isinstance(got["modules"], int) and got["modules"] < 40  # the whole package is about 1,300
+
+
+def test_the_ordinary_import_is_used_when_the_light_one_is_not_possible(tmp_path: Path) -> None:
+    cfg = exec_plugin_kubeconfig(tmp_path)
+    prelude = (
+        "import cache.kubeconfig_loaders as kl\n"
+        "    def broken(): raise ImportError('layout changed')\n"
+        "    kl._load_light = broken"
+    )
+    got = run_python(PROBE.format(path=str(cfg), prelude=prelude), tmp_path)
+    assert got["auth"] == "Bearer from-the-plugin"
+    assert isinstance(got["models"], int) and got["models"] > 100
