@@ -1,10 +1,10 @@
 """The cluster cache: upstream state in, filtered views out.
 
 Reflectors feed raw upstream events for nodes, services, endpointslices and endpoints. This
-module keeps the raw objects, asks ``filters`` what the local node should see, and publishes
-the result into one ``View`` per resource. Re-filtering is incremental: a node relabel only
-revisits the Services whose topology keys use a changed label, and only objects whose
-filtered content changed get an event.
+module keeps the upstream objects (as JSON bytes), asks ``filters`` what the local node
+should see, and publishes the result into one ``View`` per resource. Re-filtering is
+incremental: a node relabel only revisits the Services whose topology keys use a changed
+label, and only objects whose filtered content changed get an event.
 """
 
 from __future__ import annotations
