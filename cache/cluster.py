@@ -131,19 +131,19 @@ class ClusterCache:
 
     # ---- reflector sink --------------------------------------------------------------
 
-    def replace(self, resource: Resource, items: list[JSONDict], rv: int) -> None:
+    def replace(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
         """A full upstream list. Before the first full sync it just loads; after, it diffs.
 
-        Before the first sync it consumes ``items``: each entry is set to None once converted,
-        so the decoded list is freed as it goes rather than all at the end.
+        Before the first sync each object is converted as ``items`` yields it and not kept
+        decoded, so a reflector that decodes its pages one at a time never holds the whole
+        list decoded.
         """
         raw = self._raw[resource.plural]
         self.generation += 1
         if not self.ready:
             raw.objects, raw.loaded = {}, {}
-            for i, obj in enumerate(items):
+            for obj in items:
                 self._load(resource, obj)
-                items[i] = None  # type: ignore[call-overload]
             raw.rv = rv
             raw.listed = True
             if all(r.listed for r in self._raw.values()):

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlencode
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    def replace(self, resource: Resource, items: list[JSONDict], rv: int) -> None: ...
+    def replace(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None: ...
     def apply(self, resource: Resource, type_: str, obj: JSONDict) -> None: ...
     def bookmark(self, resource: Resource, rv: int) -> None: ...
 
@@ -173,7 +174,11 @@ class Reflector:
     async def _list(self) -> None:
         s = self.settings
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout)
-        items: list[JSONDict] = []
+        # Pages are kept as bytes and decoded again, one at a time, while the cache consumes
+        # them: holding every page decoded at once was the largest allocation of the
+        # process's life, and the memory it left fragmented stayed resident for good.
+        pages: list[bytes] = []
+        count = 0
         params = {"limit": str(s.page_size)}
         list_rv = 0
         while True:
@@ -200,25 +205,25 @@ class Reflector:
             list_rv = list_rv or page_rv
             for item in doc.get("items") or []:
                 if _valid_object(item):
-                    item.pop("kind", None)
-                    item.pop("apiVersion", None)
-                    items.append(item)
+                    count += 1
                 else:
                     log.warning("upstream %s: skipping malformed list item", self.resource.plural)
+            pages.append(body)
+            del doc
             token = meta.get("continue")
             if not token:
                 break
             params = {"limit": str(s.page_size), "continue": str(token)}
-        self.sink.replace(self.resource, items, list_rv)
+        self.sink.replace(self.resource, _list_items(pages), list_rv)
         self.rv = list_rv
         st = self.state
         st.lists += 1
         if st.synced_once:
             st.relists += 1
             log.info("upstream %s: relisted %d objects at resourceVersion %d",
-                     self.resource.plural, len(items), list_rv)
+                     self.resource.plural, count, list_rv)
         else:
-            log.info("upstream %s: listed %d objects at resourceVersion %d", self.resource.plural, len(items), list_rv)
+            log.info("upstream %s: listed %d objects at resourceVersion %d", self.resource.plural, count, list_rv)
         st.synced_once = True
         st.connected = True
         st.last_error = ""
@@ -289,6 +294,18 @@ class Reflector:
         else:
             raise _Untrusted(f"unknown watch event type {type_!r}")
         self.rv = max(self.rv, rv)
+
+
+def _list_items(pages: list[bytes]) -> Iterator[JSONDict]:
+    """The valid items of list pages already checked by ``_list``, decoded a page at a time."""
+    while pages:
+        doc = orjson.loads(pages.pop(0))
+        for item in doc.get("items") or []:
+            if _valid_object(item):
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
+                yield item
+        del doc
 
 
 def _valid_object(obj: object) -> bool:
