@@ -28,6 +28,7 @@ from tests.support.faultkit import (
     list_items,
     node_names,
     open_watch,
+    run_until_synced,
     running_wrapper,
     wait_for,
     without_rv,
@@ -411,12 +412,9 @@ async def test_a_malformed_list_response_is_an_error_and_the_reflector_retries(
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     client = UpstreamClient(f"http://127.0.0.1:{runner.addresses[0][1]}")
     r = Reflector(client, NODES, ClusterCache(LOCAL_NODE), ReflectorSettings(backoff_initial=0.01, backoff_max=0.02))
-    task = asyncio.create_task(r.run())
     try:
-        await wait_for(lambda: r.state.synced_once, 10, "a good list")
+        await run_until_synced(r)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await client.close()
         await runner.cleanup()
     assert r.rv == 7 and r.state.reconnects >= 4

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,7 +13,7 @@ from cache.reflector import Reflector, ReflectorSettings, _list_items
 from cache.upstream import UpstreamClient
 from kubeapi.resources import NODES, Resource
 from kubeapi.types import JSONDict
-from tests.support.faultkit import wait_for
+from tests.support.faultkit import run_until_synced
 
 
 def node(name: str, rv: int) -> dict[str, Any]:
@@ -63,12 +62,9 @@ async def test_a_paginated_list_arrives_whole_and_in_order_while_later_pages_sta
     client = UpstreamClient(sim.url)
     sink = PageCountingSink()
     reflector = Reflector(client, NODES, sink, ReflectorSettings(page_size=3))
-    task = asyncio.create_task(reflector.run())
     try:
-        await wait_for(lambda: reflector.state.synced_once, 10, "the first list")
+        await run_until_synced(reflector)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await client.close()
         await sim.stop()
     expected = sorted(o["metadata"]["name"] for o in sim.list(NODES))

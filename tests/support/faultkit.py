@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from cache.reflector import ReflectorSettings
+from cache.reflector import Reflector, ReflectorSettings
 from cache.upstream import UpstreamClient
 from kubeapi.resources import Resource
 from wrapper.cli import Running, start_wrapper, stop_wrapper
@@ -38,6 +38,16 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def run_until_synced(reflector: Reflector, timeout: float = 10.0) -> None:
+    """Run ``reflector`` until its first list has reached its sink, then stop it."""
+    task = asyncio.create_task(reflector.run())
+    try:
+        await wait_for(lambda: reflector.state.synced_once, timeout, "the first list")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def wait_for_async(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
