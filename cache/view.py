@@ -193,11 +193,12 @@ class View:
     # ---- writes (the cache calls these) ----------------------------------------------
 
     def reset(self, objects: Iterable[JSONDict], rv: int) -> None:
-        """Load a full state without events: the first sync, or a snapshot at start-up."""
+        """Load a full state of decoded objects without events (the cache itself builds its
+        entries and calls ``load``)."""
         self.load({_key(obj): self.entry(obj) for obj in objects}, rv)
 
     def load(self, entries: dict[str, Entry], rv: int) -> None:
-        """``reset`` with the entries already built (by key)."""
+        """Load a full state without events: the first sync, or a snapshot at start-up."""
         self.objects = entries
         self._sorted_keys = None
         self.resets += 1

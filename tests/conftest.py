@@ -11,7 +11,7 @@ from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from cache.reflector import ReflectorSettings
 from cache.upstream import UpstreamClient
-from tests.support.stack import wait_ready
+from tests.support.stack import running_simulator, wait_ready
 from wrapper.cli import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
@@ -22,11 +22,8 @@ LOCAL_NODE = "bj-1"
 async def sim() -> AsyncIterator[Simulator]:
     s = Simulator()
     s.load(servicegrid_demo())
-    await s.start("127.0.0.1", 0)
-    try:
+    async with running_simulator(s):
         yield s
-    finally:
-        await s.stop()
 
 
 def fast_settings() -> tuple[ServeSettings, ReflectorSettings]:

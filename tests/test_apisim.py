@@ -20,6 +20,7 @@ from apisim import Simulator
 from apisim.seeds import openyurt_demo, scale_cluster, servicegrid_demo
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from kubeapi.status import StatusError
+from tests.support.stack import running_simulator
 
 SVC_PATH = "/api/v1/services"
 NS_SVC_PATH = "/api/v1/namespaces/default/services"
@@ -29,11 +30,8 @@ SLICE_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     s = Simulator(servicegrid_demo, bookmark_interval=0.3, too_large_wait=0.2, history_limit=50)
-    await s.start()
-    try:
+    async with running_simulator(s):
         yield s
-    finally:
-        await s.stop()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from tests.support.faultkit import (
 )
 from tests.support.garbage_upstream import GarbageUpstream
 from tests.support.reflector import ReflectorModel
+from tests.support.stack import running_simulator
 from wrapper.app import build_app
 from wrapper.cli import Running
 from wrapper.serving import ServeSettings
@@ -143,11 +144,8 @@ async def chatty_sim() -> AsyncIterator[Simulator]:
     """A simulator that bookmarks every 0.2 s, so a healthy watch is never quiet for a second."""
     s = Simulator(bookmark_interval=0.2)
     s.load(servicegrid_demo())
-    await s.start("127.0.0.1", 0)
-    try:
+    async with running_simulator(s):
         yield s
-    finally:
-        await s.stop()
 
 
 async def test_half_open_upstream_is_detected_by_the_read_timeout_and_changes_meanwhile_are_caught_up(

@@ -29,6 +29,16 @@ class Stack:
     wrapper: Running
 
 
+@asynccontextmanager
+async def running_simulator(sim: Simulator) -> AsyncIterator[Simulator]:
+    """``sim`` serving on a free 127.0.0.1 port for the block's duration."""
+    await sim.start("127.0.0.1", 0)
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
 async def wait_ready(running: Running, timeout: float = 10) -> None:
     for _ in range(int(timeout / 0.02)):
         if running.cache.ready:
