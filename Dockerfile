@@ -6,12 +6,13 @@
 # Local single-arch build:
 #   docker build -t ghcr.io/edge/application-grid-wrapper:0.1.0 .
 #
-# Both stages use the same pinned base. Every dependency ships manylinux wheels for amd64 and
+# Both stages use the same pinned base: Python 3.11, the version the tests run on (CI checks that
+# the two agree; wrapper/heap.py tunes CPython's garbage collector, which changes between versions). Every dependency ships manylinux wheels for amd64 and
 # arm64, so no compiler is needed anywhere; --only-binary makes a missing wheel fail the build
 # instead of silently requiring one.
 
 # ---- stage 1: build the project wheel and collect dependency wheels ----
-FROM python:3.13.9-slim-bookworm AS build
+FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -23,7 +24,7 @@ COPY apisim/ apisim/
 RUN pip wheel --only-binary=:all: --wheel-dir /wheels .
 
 # ---- stage 2: runtime ----
-FROM python:3.13.9-slim-bookworm
+FROM python:3.11.14-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

