@@ -321,7 +321,7 @@ def mutations(draw: st.DrawFn, items: dict[str, list[Any]]) -> str:
         items[other].append(copy.deepcopy(item))
         return f"{plural}[{index}] also filed under {other}"
     if not path:
-        items[plural][index] = draw(st.sampled_from(WRONG_TYPES))
+        items[plural][index] = copy.deepcopy(draw(st.sampled_from(WRONG_TYPES)))
         return f"{plural}[{index}] replaced"
     parent, last = _get(item, path[:-1]), path[-1]
     current = parent[last]
@@ -330,9 +330,9 @@ def mutations(draw: st.DrawFn, items: dict[str, list[Any]]) -> str:
     elif action == "null":
         parent[last] = None
     elif action == "wrong-type":
-        parent[last] = draw(st.sampled_from(WRONG_TYPES))
+        parent[last] = copy.deepcopy(draw(st.sampled_from(WRONG_TYPES)))
     elif action == "huge":
-        parent[last] = draw(st.sampled_from(HUGE))
+        parent[last] = copy.deepcopy(draw(st.sampled_from(HUGE)))  # never share a drawn container
     elif isinstance(current, str):
         parent[last] = draw(st.sampled_from([*ODD_STRINGS, current + "名", current.upper(), current * 3]))
     else:
