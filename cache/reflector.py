@@ -26,6 +26,7 @@ import orjson
 from cache.upstream import USER_AGENT, UpstreamClient
 from kubeapi.resources import Resource
 from kubeapi.types import JSONDict
+from kubeapi.validation import valid_object
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class Reflector:
                 raise UpstreamError(f"list: {exc}") from exc
             list_rv = list_rv or page_rv
             for item in doc.get("items") or []:
-                if _valid_object(item):
+                if _valid_object(self.resource, item):
                     count += 1
                 else:
                     log.warning("upstream %s: skipping malformed list item", self.resource.plural)
@@ -214,7 +215,7 @@ class Reflector:
             if not token:
                 break
             params = {"limit": str(s.page_size), "continue": str(token)}
-        self.sink.replace(self.resource, _list_items(pages), list_rv)
+        self.sink.replace(self.resource, _list_items(pages, self.resource), list_rv)
         self.rv = list_rv
         st = self.state
         st.lists += 1
@@ -284,7 +285,7 @@ class Reflector:
         if type_ == "BOOKMARK":
             self.sink.bookmark(self.resource, rv)
         elif type_ in ("ADDED", "MODIFIED", "DELETED"):
-            if not _valid_object(obj):
+            if not _valid_object(self.resource, obj):
                 raise _Untrusted("watch event object has no metadata.name")
             obj.pop("kind", None)
             obj.pop("apiVersion", None)
@@ -296,29 +297,20 @@ class Reflector:
         self.rv = max(self.rv, rv)
 
 
-def _list_items(pages: list[bytes]) -> Iterator[JSONDict]:
+def _list_items(pages: list[bytes], resource: Resource) -> Iterator[JSONDict]:
     """The valid items of list pages already checked by ``_list``, decoded a page at a time."""
     while pages:
         doc = orjson.loads(pages.pop(0))
         for item in doc.get("items") or []:
-            if _valid_object(item):
+            if _valid_object(resource, item):
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
                 yield item
         del doc
 
 
-def _valid_object(obj: object) -> bool:
-    if not isinstance(obj, dict):
-        return False
-    meta = obj.get("metadata")
-    return (
-        isinstance(meta, dict)
-        and isinstance(meta.get("name"), str)
-        and bool(meta["name"])
-        and isinstance(meta.get("resourceVersion"), str)
-        and meta["resourceVersion"].isdigit()
-    )
+def _valid_object(resource: Resource, obj: object) -> bool:
+    return valid_object(resource, obj)
 
 
 def _status_of(body: bytes) -> JSONDict:

@@ -9,8 +9,11 @@ File format (one file, ``snapshot.agw``):
 Only raw upstream objects are stored; the filtered views are rebuilt on load, so a snapshot
 taken before a filter change still serves the current rules. Writes are atomic (write to a
 temporary file, fsync, rename, fsync the directory) and throttled by ``Persister``. A
-snapshot that fails any check (magic, version, checksum, another node or apiserver) is
-logged and ignored, never served.
+snapshot that fails any check (magic, version, checksum, another node or apiserver, or any
+item that the reflector would not take from the apiserver: see ``kubeapi.validation``) is
+logged once and ignored as a whole, never served in part; the wrapper then syncs from the
+apiserver as if there were no snapshot. A checksum only proves the file is what was
+written, not that what was written is sound, hence the per-item checks.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 import orjson
 
 from cache.cluster import ClusterCache
-from kubeapi.resources import ALL
+from kubeapi.resources import ALL, object_key
+from kubeapi.validation import MAX_RESOURCE_VERSION, object_problem
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +179,10 @@ def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, A
         raise SnapshotError(f"snapshot is of node {header.get('node')!r}, not {identity.node!r}")
     if header.get("upstream") != identity.upstream:
         raise SnapshotError(f"snapshot is of apiserver {header.get('upstream')!r}, not {identity.upstream!r}")
+    # The header is outside the checksum, so each field it has is checked before use.
+    created = header.get("created")
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        raise SnapshotError(f"header is malformed (created {str(created)[:60]!r})")
     try:
         body = orjson.loads(payload)
         resources = body["resources"]
@@ -184,11 +192,29 @@ def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, A
                 raise TypeError(r.plural)
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise SnapshotError(f"payload is malformed ({exc})") from None
+    for r in ALL:
+        entry = resources[r.plural]
+        if isinstance(entry["rv"], bool) or not 0 <= entry["rv"] <= MAX_RESOURCE_VERSION:
+            raise SnapshotError(f"payload is malformed ({r.plural}: resourceVersion {entry['rv']!r})")
+        seen: set[str] = set()
+        for i, item in enumerate(entry["items"]):
+            problem = object_problem(r, item)
+            if problem is None:
+                key = object_key(item)
+                if key in seen:
+                    problem = f"a second object {key}"
+                seen.add(key)
+            if problem is not None:
+                raise SnapshotError(f"{r.plural} item {i} is malformed: {problem}")
     return header, body
 
 
 def restore(cache: ClusterCache, directory: Path, identity: Identity) -> bool:
-    """Load a snapshot into a cache that has not synced yet. False (and one log line) if unusable."""
+    """Load a snapshot into a cache that has not synced yet and nothing has read yet.
+
+    Never raises: False (and one log line) if there is no usable snapshot, and the cache is
+    then as empty as it was.
+    """
     path = directory / FILENAME
     try:
         data = path.read_bytes()
@@ -202,13 +228,31 @@ def restore(cache: ClusterCache, directory: Path, identity: Identity) -> bool:
     except SnapshotError as exc:
         log.warning("cache snapshot %s ignored: %s", path, exc)
         return False
-    for r in ALL:
-        entry = body["resources"][r.plural]
-        cache.replace(r, entry["items"], entry["rv"])
+    try:
+        for r in ALL:
+            entry = body["resources"][r.plural]
+            cache.replace(r, entry["items"], entry["rv"])
+    except Exception:
+        # Every item passed the checks the cache relies on, so this is a bug; still, a bug in
+        # reading a file must not stop a wrapper that can sync from the apiserver.
+        log.exception("cache snapshot %s ignored: loading it failed", path)
+        _forget(cache)
+        return False
     log.info("serving from cache snapshot %s taken %.0fs ago (%d objects) until the apiserver answers",
              path, max(time.time() - float(header.get("created", 0)), 0.0),
              sum(len(body["resources"][r.plural]["items"]) for r in ALL))
     return cache.ready
+
+
+def _forget(cache: ClusterCache) -> None:
+    """Empty a cache whose load failed part-way, so none of its half-built state survives.
+
+    Sound because ``restore`` runs before anything else has read the cache (its views, its
+    ready event), which is its documented contract.
+    """
+    view = next(iter(cache.views.values()))
+    ClusterCache.__init__(cache, cache.local_node, history_events=view.max_events,
+                          history_bytes=view.budget.max_bytes)
 
 
 class Persister:

@@ -23,7 +23,7 @@ def node(name: str, rv: int) -> dict[str, Any]:
 def test_list_items_decodes_each_page_only_when_the_previous_one_is_consumed() -> None:
     pages = [orjson.dumps({"items": [node("a", 1), {"metadata": {"name": ""}}, node("b", 2)]}),
              orjson.dumps({"items": [node("c", 3)]})]
-    items = _list_items(pages)
+    items = _list_items(pages, NODES)
     first = next(items)
     assert first == {"metadata": {"name": "a", "resourceVersion": "1"}}, "kind and apiVersion are dropped"
     assert len(pages) == 1 and isinstance(pages[0], bytes), "the second page is still undecoded bytes"

@@ -26,7 +26,7 @@ from cache.reflector import ReflectorSettings
 from cache.snapshot import Identity, Persister, restore
 from cache.upstream import ConfigError, UpstreamClient
 from wrapper.app import build_app
-from wrapper.authz import ClientAuthorizer
+from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS, ClientAuthorizer
 from wrapper.debug import Debug
 from wrapper.heap import manage_heap, tune_malloc
 from wrapper.logs import configure_logging
@@ -56,6 +56,22 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _positive_int(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return int(value)
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
+    return number
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind-address", type=parse_address, default=parse_address(DEFAULT_BIND),
                    help=f"address kube-proxy connects to (default {DEFAULT_BIND})")
@@ -66,6 +82,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--authorize-clients", action="store_true",
                    help="check each client's bearer token with TokenReview and SubjectAccessReview before serving "
                    "it from the cache (decisions cached briefly, and reused while offline)")
+    p.add_argument("--authorize-clients-cache-size", type=_positive_int, default=DEFAULT_CACHE_SIZE,
+                   help="allowed decisions kept, least recently used out first; refusals get a quarter of it "
+                   f"(default {DEFAULT_CACHE_SIZE})")
+    p.add_argument("--authorize-clients-review-qps", type=_positive_float, default=DEFAULT_REVIEW_QPS,
+                   help="token reviews per second at most; past it, tokens without a cached decision get 429 "
+                   f"(default {DEFAULT_REVIEW_QPS:g})")
+    p.add_argument("--authorize-clients-review-burst", type=_positive_int, default=DEFAULT_REVIEW_BURST,
+                   help=f"token reviews at once above the rate (default {DEFAULT_REVIEW_BURST})")
     p.add_argument("--insecure-allow-remote", action="store_true",
                    help="allow non-loopback listeners without TLS (the debug listener never has TLS)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -205,6 +229,15 @@ async def start_wrapper(
     return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister)
 
 
+def client_authorizer(client: UpstreamClient, args: argparse.Namespace) -> ClientAuthorizer | None:
+    """The ``--authorize-clients`` authorizer the flags ask for, or None when it is off."""
+    if not args.authorize_clients:
+        return None
+    return ClientAuthorizer(client, cache_size=args.authorize_clients_cache_size,
+                            review_qps=args.authorize_clients_review_qps,
+                            review_burst=args.authorize_clients_review_burst)
+
+
 async def _listen(runner: web.AppRunner, bind: tuple[str, int], tls: ssl.SSLContext | None) -> str:
     await runner.setup()
     site = web.TCPSite(runner, bind[0], bind[1], ssl_context=tls)
@@ -275,7 +308,7 @@ async def serve_main(args: argparse.Namespace) -> None:
                                   cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                                   snapshot_interval=args.snapshot_interval,
                                   offline_grace=None if args.ready_while_offline else args.offline_grace,
-                                  authorizer=ClientAuthorizer(client) if args.authorize_clients else None)
+                                  authorizer=client_authorizer(client, args))
     log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
     heap_task = asyncio.create_task(manage_heap(running.cache.ready_event), name="heap")
     try:

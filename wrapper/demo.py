@@ -14,8 +14,7 @@ import logging
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from cache.upstream import UpstreamClient
-from wrapper.authz import ClientAuthorizer
-from wrapper.cli import StartupError, start_wrapper, stop_wrapper, tls_context, wait_for_signal
+from wrapper.cli import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.serving import ServeSettings
 
 log = logging.getLogger("application-grid-wrapper")
@@ -65,7 +64,7 @@ async def demo_main(args: argparse.Namespace) -> None:
         running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
                                       serve=ServeSettings(bookmark_interval=args.bookmark_interval),
                                       debug=args.debug_bind_address, profiling=args.profiling,
-                                      authorizer=ClientAuthorizer(client) if args.authorize_clients else None)
+                                      authorizer=client_authorizer(client, args))
     except BaseException:
         await sim.stop()
         raise
