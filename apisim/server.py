@@ -20,7 +20,7 @@ from apisim.listing import Filter
 from apisim.patch import MERGE
 from apisim.registry import Registry, now_rfc3339
 from apisim.reviews import Reviews
-from apisim.store import Entry, Store, wait_for_change
+from apisim.store import Entry, SavedState, Store, wait_for_change
 from apisim.watch import WatchControl
 from kubeapi.resources import ALL, SERVICES, Resource
 from kubeapi.selectors import parse_field_selector, parse_label_selector
@@ -166,6 +166,17 @@ class Simulator:
     def compact(self, rv: int | None = None) -> int:
         """Drop history at and below ``rv`` (default: now); older resumes and tokens get 410."""
         return self.store.compact(rv)
+
+    def save_state(self) -> SavedState:
+        """Every object and the resourceVersion now, for ``restart_from`` (an etcd backup)."""
+        return self.store.save()
+
+    def restart_from(self, state: SavedState) -> None:
+        """Restart on an older state, as an apiserver does after an etcd restore from a backup:
+        resourceVersions go back to the saved one (later writes reuse the numbers in between),
+        the watch history is gone and every open watch is dropped."""
+        self.store.restore(state)
+        self.close_watches()
 
     def close_watches(self) -> int:
         """Abruptly drop every open watch connection; returns how many were dropped."""

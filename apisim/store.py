@@ -128,6 +128,15 @@ class ResourceStore:
         del self.events[:count]
         del self._event_rvs[:count]
 
+    def reset(self, objects: dict[str, Entry], floor: int) -> None:
+        """Hold ``objects`` and no history: resumes from below ``floor`` are expired."""
+        self.objects = dict(objects)
+        self._sorted = None
+        self.events.clear()
+        self._event_rvs.clear()
+        self.floor = floor
+        self.notifier.notify()
+
     def compact(self, rv: int) -> None:
         self._drop(bisect.bisect_right(self._event_rvs, rv))
         self.floor = max(self.floor, rv)
@@ -151,6 +160,14 @@ class ResourceStore:
             else:
                 state[ev.key] = ev.prev
         return state
+
+
+@dataclass(frozen=True, slots=True)
+class SavedState:
+    """The objects of every resource and the revision counter at one instant (an etcd backup)."""
+
+    rv: int
+    objects: dict[str, dict[str, Entry]]
 
 
 @dataclass(slots=True)
@@ -180,6 +197,19 @@ class Store:
         self.of(resource).append(Event(rv, etype, key, entry, prev))
         self.changed.notify()
         return entry
+
+    def save(self) -> SavedState:
+        # Entries are immutable, so copying the dicts is a consistent copy.
+        return SavedState(self.rv, {name: dict(rs.objects) for name, rs in self.resources.items()})
+
+    def restore(self, state: SavedState) -> None:
+        """Go back to ``state``, as etcd restored from a backup: the revision counter goes back,
+        and the history is gone (a resume from an older RV gets 410, from a newer one waits)."""
+        self.rv = state.rv
+        self.compacted = state.rv
+        for name, rs in self.resources.items():
+            rs.reset(state.objects.get(name, {}), state.rv)
+        self.changed.notify()
 
     def compact(self, rv: int | None = None) -> int:
         target = self.rv if rv is None else min(rv, self.rv)

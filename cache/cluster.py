@@ -119,6 +119,10 @@ class ClusterCache:
         self._services_on_node: dict[str, dict[str, int]] = {}
         self.ready = False
         self.ready_event = asyncio.Event()
+        # Set by start_over: the next full build loads a new upstream timeline into the views.
+        self._new_timeline = False
+        # How many times the upstream's resourceVersions went back (start_over was called).
+        self.timeline_resets = 0
         # Bumped by every upstream change; the snapshot persister saves when it moves.
         self.generation = 0
         # Counters for metrics and the debug page.
@@ -151,8 +155,14 @@ class ClusterCache:
             return
         new = {_key(o): o for o in items}
         old = raw.objects
-        # Changed objects go out in their own resourceVersion order, carrying their real RVs
-        # (a client may write them back); deletions, whose RV the list doesn't say, at the list's.
+        # Deletions go first, carrying the view's RV as it was (the list does not say when they
+        # happened); then changed objects in their own resourceVersion order, carrying their real
+        # RVs (a client may write them back). So the last event of the relist is the one that
+        # advances the view, and a client that lists at the list's RV afterwards gets none again.
+        view = self.views[resource.plural]
+        for key, stored in list(old.items()):
+            if key not in new:
+                self._apply(resource, "DELETED", stored.obj(), view.rv)
         changed: list[tuple[int, str, JSONDict]] = []
         for key, obj in new.items():
             prev = old.get(key)
@@ -162,12 +172,23 @@ class ClusterCache:
                 changed.append((rv_of(obj), "MODIFIED", obj))
         changed.sort(key=lambda c: c[0])
         for obj_rv, type_, obj in changed:
-            self._apply(resource, type_, obj, min(obj_rv, rv), synthetic=True)
-        for key, stored in list(old.items()):
-            if key not in new:
-                self._apply(resource, "DELETED", stored.obj(), rv, synthetic=True)
+            self._apply(resource, type_, obj, min(obj_rv, rv))
         raw.rv = max(raw.rv, rv)
-        self.views[resource.plural].advance(rv)
+        view.advance(rv)
+
+    def start_over(self) -> None:
+        """The upstream's resourceVersions went back: rebuild everything from the next lists.
+
+        Called by the informers, which make every reflector relist. Until each resource has
+        listed again, the views keep serving the last state and the cache is not ready; then
+        every view switches to the new timeline at once (``_build``).
+        """
+        self.ready = False
+        self._new_timeline = True
+        self.timeline_resets += 1
+        self.generation += 1
+        for raw in self._raw.values():
+            raw.listed = False
 
     def apply(self, resource: Resource, type_: str, obj: JSONDict) -> None:
         """One upstream watch event (ADDED, MODIFIED or DELETED)."""
@@ -184,7 +205,7 @@ class ClusterCache:
                 self._load(resource, obj)
             raw.rv = max(raw.rv, rv)
             return
-        self._apply(resource, type_, obj, rv, synthetic=False)
+        self._apply(resource, type_, obj, rv)
         raw.rv = max(raw.rv, rv)
 
     def bookmark(self, resource: Resource, rv: int) -> None:
@@ -197,6 +218,16 @@ class ClusterCache:
 
     def upstream_rv(self, resource: Resource) -> int:
         return self._raw[resource.plural].rv
+
+    @property
+    def resyncing(self) -> bool:
+        """Whether the cache is relisting everything after the upstream's RVs went back."""
+        return self._new_timeline
+
+    @property
+    def local_node_known(self) -> bool:
+        """Whether --hostname names a Node of the cache (False until the first sync)."""
+        return self.ready_event.is_set() and self.local_node in self.node_labels
 
     def raw_items(self, resource: Resource) -> list[bytes]:
         """The JSON of every upstream object of ``resource`` (after the first sync)."""
@@ -234,7 +265,14 @@ class ClusterCache:
                                   meta if resource is NODES or resource is SERVICES else {})
 
     def _build(self) -> None:
-        """First full sync: derive every view from the loaded state, with no events."""
+        """A full sync: derive every view from the loaded state, with no events.
+
+        The first sync, or the rebuild after ``start_over``, which loads a new timeline into
+        the views.
+        """
+        new_timeline, self._new_timeline = self._new_timeline, False
+        if new_timeline:
+            self._clear_indexes()
         loaded = {r.plural: self._raw[r.plural].loaded for r in ALL}
         for name, info in loaded[NODES.plural].items():
             self.node_labels[name] = dict(info.meta.get("labels") or {})
@@ -263,14 +301,26 @@ class ClusterCache:
                 out = filtered[r.plural].get(key)
                 entries[key] = view.entry(out) if out is not None else Entry(
                     stored.raw, stored.rv, raw.loaded[key].fields)
-            view.load(entries, raw.rv)
+            view.load(entries, raw.rv, new_timeline=new_timeline)
             raw.loaded = {}
         self.ready = True
         self.ready_event.set()
         log.info(
-            "cache synced: %d nodes, %d services, %d endpointslices, %d endpoints",
+            "cache %s: %d nodes, %d services, %d endpointslices, %d endpoints",
+            "resynced on the apiserver's new resourceVersions (open watches get 410 and relist)"
+            if new_timeline else "synced",
             *(len(self._raw[r.plural].objects) for r in (NODES, SERVICES, ENDPOINTSLICES, ENDPOINTS)),
         )
+
+    def _clear_indexes(self) -> None:
+        """Forget everything derived from the objects, before a rebuild derives it again."""
+        self.node_labels.clear()  # cleared in place: the topology context reads this dict
+        self.service_keys.clear()
+        self._slices_by_service.clear()
+        self._services_by_label.clear()
+        self._node_refs.clear()
+        self._services_on_node.clear()
+        self.topology_counts.clear()
 
     def _store(self, resource: Resource, key: str, obj: JSONDict, *, served_as_is: bool) -> None:
         """Keep an upstream object as bytes, sharing the served entry's bytes when they are equal.
@@ -287,7 +337,7 @@ class ClusterCache:
         owner = _service_of_slice(obj) if resource is ENDPOINTSLICES else None
         self._raw[resource.plural].objects[key] = _Stored(raw, rv, owner)
 
-    def _apply(self, resource: Resource, type_: str, obj: JSONDict, rv: int, *, synthetic: bool) -> None:
+    def _apply(self, resource: Resource, type_: str, obj: JSONDict, rv: int) -> None:
         raw = self._raw[resource.plural].objects
         key = _key(obj)
         old = raw.get(key)
@@ -298,7 +348,7 @@ class ClusterCache:
             del raw[key]
         view = self.views[resource.plural]
         if resource is NODES or resource is SERVICES:
-            view.publish([(type_, obj)], rv, synthetic=synthetic)
+            view.publish([(type_, obj)], rv)
             if not deleted:
                 self._store(resource, key, obj, served_as_is=True)
             if resource is NODES:
@@ -306,17 +356,15 @@ class ClusterCache:
             else:
                 self._service_changed(key, None if deleted else obj, rv)
         elif resource is ENDPOINTSLICES:
-            self._slice_changed(key, type_, old, obj, rv, synthetic)
+            self._slice_changed(key, type_, old, obj, rv)
         else:
             self._track("e/" + key, key, frozenset() if deleted else _nodes_of_endpoints(obj))
             out = obj if deleted else self._filtered_endpoints(key, obj)
-            view.publish([(type_, out)], rv, synthetic=synthetic)
+            view.publish([(type_, out)], rv)
             if not deleted:
                 self._store(resource, key, obj, served_as_is=out is obj)
 
-    def _slice_changed(
-        self, key: str, type_: str, old: _Stored | None, obj: JSONDict, rv: int, synthetic: bool
-    ) -> None:
+    def _slice_changed(self, key: str, type_: str, old: _Stored | None, obj: JSONDict, rv: int) -> None:
         deleted = type_ == "DELETED"
         old_svc = old.owner if old else None
         new_svc = None if deleted else _service_of_slice(obj)
@@ -339,13 +387,14 @@ class ClusterCache:
                 # Unfiltered siblings are served as they are and cannot have changed; this
                 # skips decoding and comparing every sibling on each event of a plain Service.
                 self.topology_counts.pop(svc, None)
-        if deleted:
-            view.publish([("DELETED", obj)], rv, synthetic=synthetic)
-        else:
-            out = outputs.get(key, obj)
-            view.publish([(type_, out)], rv, synthetic=synthetic)
+        # One batch: the re-filtered siblings, then the slice's own event, which goes last so
+        # that it is the one carrying (and advancing the view to) the upstream RV.
+        siblings = self._changed(view, outputs, skip=key)
+        self.synthetic_events += len(siblings)
+        out = obj if deleted else outputs.get(key, obj)
+        view.publish([*siblings, (type_, out)], rv)
+        if not deleted:
             self._store(ENDPOINTSLICES, key, obj, served_as_is=out is obj)
-        self._publish_changed(view, outputs, rv, skip=key)
 
     def _node_changed(self, name: str, node: JSONDict | None, rv: int) -> None:
         old = self.node_labels.get(name)
@@ -466,8 +515,15 @@ class ClusterCache:
         ep_outputs = {svc: self._filtered_endpoints(svc, raw_eps[svc].obj()) for svc in services if svc in raw_eps}
         self._publish_changed(eps_view, ep_outputs, rv)
 
-    def _publish_changed(self, view: View, outputs: dict[str, JSONDict], rv: int, skip: str | None = None) -> None:
-        changes = []
+    def _publish_changed(self, view: View, outputs: dict[str, JSONDict], rv: int) -> None:
+        changes = self._changed(view, outputs)
+        if changes:
+            self.synthetic_events += view.publish(changes, rv)
+
+    @staticmethod
+    def _changed(view: View, outputs: dict[str, JSONDict], skip: str | None = None) -> list[tuple[str, JSONDict]]:
+        """MODIFIED changes for the ``outputs`` that differ from what ``view`` serves."""
+        changes: list[tuple[str, JSONDict]] = []
         for key in sorted(outputs):
             if key == skip:
                 continue
@@ -475,8 +531,7 @@ class ClusterCache:
             # Unchanged apart from the RV (served objects carry their event's) means no event.
             if served is None or served.raw != _exact_json(stamp(outputs[key], served.rv)):
                 changes.append(("MODIFIED", outputs[key]))
-        if changes:
-            self.synthetic_events += view.publish(changes, rv, synthetic=True)
+        return changes
 
     def _filtered_slices(self, svc_key: str, fresh: JSONDict | None = None) -> dict[str, JSONDict]:
         """The served form of every slice of one Service (``fresh``: see ``slices_of``)."""

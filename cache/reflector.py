@@ -1,7 +1,12 @@
 """List-then-watch against the apiserver for one resource, like client-go's reflector.
 
 - Lists in pages, then watches from the list's RV with bookmarks requested.
-- A normal end of the watch resumes from the last RV; a 410 relists.
+- A normal end of the watch resumes from the last RV. Any answer meaning "that RV is not valid
+  here" relists with no RV, as client-go does: 410 (HTTP or a watch ERROR event, any reason)
+  and 504 ResourceVersionTooLarge (the apiserver is behind our RV, e.g. after an etcd restore).
+- A list whose RV is lower than one already seen means the upstream's RVs went back (an etcd
+  restore, a cluster rebuilt behind the same address); ``on_regression`` (the informers) then
+  makes every resource relist, since RVs are one cluster-wide counter.
 - A read timeout detects dead (half-open) connections.
 - Errors back off exponentially with jitter, capped; 429's Retry-After is honoured.
 - The HTTP status is checked here: nothing upstream of us raises on 4xx/5xx.
@@ -15,7 +20,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlencode
@@ -73,11 +78,32 @@ class UpstreamError(Exception):
 
 
 class _Expired(Exception):
-    pass
+    """Our RV is not valid upstream (too old, or newer than the apiserver's): relist with none."""
 
 
 class _Untrusted(Exception):
     """An event we could not apply: the cache may have missed a change, so relist."""
+
+
+def is_rv_rejection(http_status: int, status: JSONDict) -> bool:
+    """Whether an error answer (HTTP status or watch ERROR Status) says our RV is not valid here.
+
+    410 with any reason (Expired, Gone), or "too large resource version": recognised by its
+    cause type as current apiservers send it, or by the message older ones send with a 504.
+    """
+    code = status.get("code")
+    if http_status == 410 or code == 410:
+        return True
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    messages: list[object] = [status.get("message")]
+    for cause in causes if isinstance(causes, list) else ():
+        if isinstance(cause, dict):
+            if cause.get("type") == "ResourceVersionTooLarge":
+                return True
+            messages.append(cause.get("message"))
+    timeout = http_status == 504 or code == 504 or status.get("reason") == "Timeout"
+    return timeout and any(isinstance(m, str) and "Too large resource version" in m for m in messages)
 
 
 def _parse_rv(value: object) -> int:
@@ -86,22 +112,36 @@ def _parse_rv(value: object) -> int:
     raise _Untrusted(f"bad resourceVersion {value!r}")
 
 
+# Told (reflector, RV it had, lower RV a list returned) when the upstream's RVs went back.
+RegressionHandler = Callable[["Reflector", int, int], None]
+
+
 class Reflector:
+    """Keeps one resource of the sink in step with the apiserver; run by ``Informers``."""
+
     def __init__(
         self,
         client: UpstreamClient,
         resource: Resource,
         sink: Sink,
         settings: ReflectorSettings | None = None,
+        on_regression: RegressionHandler | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
         self.sink = sink
         self.settings = settings or ReflectorSettings()
+        self.on_regression = on_regression
         self.state = UpstreamState()
+        # The highest RV seen (or, before the first list, the one a snapshot was taken at).
         self.rv = 0
         self._need_list = True
         self._backoff = self.settings.backoff_initial
+
+    def forget_rv(self) -> None:
+        """Relist next, and take whatever RV that list has: another resource saw the RVs go back."""
+        self.rv = 0
+        self._need_list = True
 
     async def run(self) -> None:
         name = self.resource.plural
@@ -113,8 +153,8 @@ class Reflector:
                 await self._watch()
             except asyncio.CancelledError:
                 raise
-            except _Expired:
-                log.info("upstream %s: resourceVersion %d expired, relisting", name, self.rv)
+            except _Expired as exc:
+                log.info("upstream %s: resourceVersion %d not valid upstream (%s); relisting", name, self.rv, exc)
                 self._need_list = True
                 await self._sleep(0)
             except _Untrusted as exc:
@@ -162,8 +202,8 @@ class Reflector:
             body = await resp.read()
             resp.release()
             status = _status_of(body)
-            if resp.status == 410 or status.get("code") == 410:
-                raise _Expired()
+            if is_rv_rejection(resp.status, status):
+                raise _Expired(f"HTTP {resp.status}: {status.get('message') or status.get('reason') or ''}")
             retry = resp.headers.get("Retry-After", "")
             raise UpstreamError(
                 f"HTTP {resp.status}: {status.get('message') or body[:200]!r}",
@@ -215,6 +255,14 @@ class Reflector:
             if not token:
                 break
             params = {"limit": str(s.page_size), "continue": str(token)}
+        if list_rv < self.rv:
+            # A consistent list is never older than an RV the apiserver has already served: its
+            # RVs went back. Every resource has to start over (RVs are one counter).
+            log.warning("upstream %s: listed at resourceVersion %d, below the %d already seen: the "
+                        "apiserver's state went back (etcd restore or rebuilt cluster?)",
+                        self.resource.plural, list_rv, self.rv)
+            if self.on_regression is not None:
+                self.on_regression(self, self.rv, list_rv)
         self.sink.replace(self.resource, _list_items(pages, self.resource), list_rv)
         self.rv = list_rv
         st = self.state
@@ -275,8 +323,8 @@ class Reflector:
         type_ = ev.get("type")
         obj: JSONDict = ev["object"]
         if type_ == "ERROR":
-            if obj.get("code") == 410:
-                raise _Expired()
+            if is_rv_rejection(0, obj):
+                raise _Expired(f"watch ERROR {obj.get('code')}: {obj.get('message') or obj.get('reason') or ''}")
             raise UpstreamError(f"watch error: {obj.get('message', obj)}", status=int(obj.get("code") or 0))
         kind = obj.get("kind")
         if kind is not None and kind != self.resource.kind:

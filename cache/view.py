@@ -6,17 +6,27 @@ into the shared history and wakes when it grows. A watcher whose cursor falls ou
 history has fallen too far behind and must relist (410), so memory never grows per client.
 
 resourceVersions are the apiserver's. An event's object always carries the event's RV, and
-RVs never go backwards within a view. Several events may share one RV when the wrapper
-synthesizes them (a node relabel re-filters many slices at the node's RV; a relist sends
-differences at the list's RV). A client resuming from RV R therefore gets everything after R
-plus the synthesized events at exactly R: at worst a harmless duplicate, never a gap.
+RVs never go backwards within a view. Changes come in batches (an upstream event plus the
+re-filtered objects it affects; a node relabel re-filters many slices at the node's RV): every
+event of a batch but the last is stamped with the view's RV as it was, and only the last one
+is stamped with the batch's RV and advances the view to it. A watch resuming from RV R starts
+at the first event at or after R, skipping the one event that advanced the view to R: a client
+that listed at R, or saw a whole batch ending at R, gets nothing at R again; a client cut
+mid-batch (its last RV is the view's RV before the batch) gets the rest, at worst with a
+harmless duplicate, never with a gap.
+
+When the upstream's resourceVersions go back (an etcd restore, a cluster rebuilt behind the
+same address), the cache loads the new state as a new timeline: the view's RV drops, its
+history is cleared and every open watch gets 410. RVs of the two timelines overlap
+numerically, so the view remembers the highest RV it served before (``old_max``) and which
+RVs up to it it has taken since; a resume from any other RV up to ``old_max`` gets 410.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +72,9 @@ class Event:
     # no selector can tell the two versions apart, which is almost always.
     prev_fields: JSONDict | None
     prev_raw: bytes | None
-    synthetic: bool
+    # True for the event that moved the view's RV to ``rv`` (the last of its batch): a client
+    # at ``rv`` has seen it. Other events at ``rv`` came after the view reached it.
+    advanced: bool
     # Per selection (namespace and selectors), the line its watchers get; many watchers share
     # one selection (every kube-proxy sends the same selectors), so each is computed once.
     selected: dict[str, bytes] | None = None
@@ -74,10 +86,10 @@ class Event:
 
 
 class Expired(Exception):
-    """The requested resourceVersion is older than the history can replay."""
+    """The requested resourceVersion is older than the history can replay, or from another timeline."""
 
-    def __init__(self, requested: int, oldest: int) -> None:
-        super().__init__(f"too old resource version: {requested} ({oldest})")
+    def __init__(self, requested: int, oldest: int, message: str = "") -> None:
+        super().__init__(message or f"too old resource version: {requested} ({oldest})")
         self.requested = requested
         self.oldest = oldest
 
@@ -94,6 +106,9 @@ BURST_WAKE_INTERVAL = 0.008
 BURST_EVENTS = 4
 # Per event beyond its bytes: the Event, its projection dicts and the history list's slot.
 _EVENT_OVERHEAD = 600
+# After a timeline reset: how many RVs up to the old timeline's highest one a view remembers
+# having taken. Older ones are forgotten, and a resume from them gets 410, which is always safe.
+ISSUED_RVS_KEPT = 4096
 
 
 def _footprint(ev: Event) -> int:
@@ -151,6 +166,11 @@ class View:
         self._next_seq = 0
         # A client resuming from an RV below this has lost events to eviction.
         self._expired_below = 0
+        # After the upstream's RVs went back: the highest RV served on an earlier timeline, and
+        # the RVs up to it this view has taken since (insertion-ordered, bounded).
+        self.old_max = 0
+        self._issued: dict[int, None] = {}
+        self.timeline_resets = 0
         self._changed = asyncio.Event()
         self._waiters: set[asyncio.Future[None]] = set()
         self.wake_interval = wake_interval
@@ -197,14 +217,28 @@ class View:
         entries and calls ``load``)."""
         self.load({_key(obj): self.entry(obj) for obj in objects}, rv)
 
-    def load(self, entries: dict[str, Entry], rv: int) -> None:
-        """Load a full state without events: the first sync, or a snapshot at start-up."""
+    def load(self, entries: dict[str, Entry], rv: int, *, new_timeline: bool = False) -> None:
+        """Load a full state without events: the first sync, or a snapshot at start-up.
+
+        ``new_timeline``: the upstream's resourceVersions went back and this is its state on the
+        new timeline. The view's RV becomes ``rv`` even if lower, and every open watch ends
+        with 410 (its cursor now points before the history), so clients relist.
+        """
         self.objects = entries
         self._sorted_keys = None
         self.resets += 1
-        self.rv = max(self.rv, rv)
+        if new_timeline and self.synced:
+            self.old_max = max(self.old_max, self.rv)
+            self._issued.clear()
+            self.rv = rv
+            self.timeline_resets += 1
+            self._next_seq += 1
+        else:
+            self.rv = max(self.rv, rv)
+        self._note_rv(self.rv)
         # Nothing before this state can be replayed.
         self._expired_below = self.rv
+        self._forget_old_timeline()
         self._events.clear()
         self._start = 0
         self.budget.used -= self.history_bytes
@@ -212,27 +246,31 @@ class View:
         self.synced = True
         self.wake()
 
-    def publish(self, changes: Iterable[tuple[str, JSONDict]], rv: int, *, synthetic: bool) -> int:
-        """Record ``(type, obj)`` changes at ``rv`` (raised to the view's RV if older).
+    def publish(self, changes: Sequence[tuple[str, JSONDict]], rv: int) -> int:
+        """Record one batch of ``(type, obj)`` changes that together bring the view to ``rv``.
 
-        Objects are stamped with the event RV. Returns the number of events recorded.
+        Every event but the last is stamped with the view's RV as it was; the last is stamped
+        ``rv`` and advances the view to it (an ``rv`` older than the view's is raised to it, and
+        then no event advances). Callers put the upstream object's own event last. Returns the
+        number of events recorded.
         """
-        if rv < self.rv:
-            # Raised to keep RVs monotonic: a client at self.rv may not have seen it yet.
-            rv, synthetic = self.rv, True
-        n = 0
-        for type_, obj in changes:
+        current = self.rv
+        target = max(rv, current)
+        # Deletions of objects the view does not hold make no event, and must not be "last".
+        batch = [(t, o) for t, o in changes if t != "DELETED" or _key(o) in self.objects]
+        last = len(batch) - 1
+        for i, (type_, obj) in enumerate(batch):
+            ev_rv = target if i == last else current
             key = _key(obj)
             old = self.objects.get(key)
             if type_ == "DELETED":
-                if old is None:
-                    continue
+                assert old is not None
                 # Deletions carry the last served state (filtered), like the apiserver's.
-                entry = self.entry(stamp(old.obj, rv), old.fields)
+                entry = self.entry(stamp(old.obj, ev_rv), old.fields)
                 del self.objects[key]
                 self._sorted_keys = None
             else:
-                entry = self.entry(stamp(obj, rv))
+                entry = self.entry(stamp(obj, ev_rv))
                 if old is None:
                     type_ = "ADDED"
                     self._sorted_keys = None
@@ -246,24 +284,23 @@ class View:
                     entry.fields = old.fields
                 else:  # a label or selectable field changed
                     prev_fields, prev_raw = old.fields, old.raw
-            ev = Event(self._next_seq, rv, type_, self.watch_line(type_, entry.raw), entry.fields, prev_fields,
-                       prev_raw, synthetic)
+            ev = Event(self._next_seq, ev_rv, type_, self.watch_line(type_, entry.raw), entry.fields, prev_fields,
+                       prev_raw, i == last and target > current)
             self._next_seq += 1
             self._events.append(ev)
             fp = _footprint(ev)
             self.history_bytes += fp
             self.budget.used += fp
-            n += 1
-        self.rv = rv
+        self._set_rv(target)
         self._evict()
-        if n:
+        if batch:
             self.wake()
-        return n
+        return len(batch)
 
     def advance(self, rv: int) -> None:
         """Move the view's RV forward without an event (an upstream bookmark)."""
         if rv > self.rv:
-            self.rv = rv
+            self._set_rv(rv)
             self.wake()
 
     # ---- reads (the HTTP front calls these) ------------------------------------------
@@ -276,19 +313,23 @@ class View:
             yield objects[k]
 
     def cursor_after(self, rv: int) -> int:
-        """The history position from which a watch resuming at ``rv`` starts.
+        """The history position from which a watch resuming at ``rv`` (not above the view's) starts.
 
-        Raises Expired when events after ``rv`` have been evicted.
+        Raises Expired when events after ``rv`` have been evicted, or when ``rv`` may belong to
+        an earlier upstream timeline.
         """
         if rv < self._expired_below:
             raise Expired(rv, self._expired_below)
-        live = self._events[self._start:]
-        i = bisect.bisect_left(live, rv, key=_ev_rv)
-        # Events at exactly rv: the client has seen the upstream one, not necessarily
-        # every synthesized one, so replay only those.
-        while i < len(live) and live[i].rv == rv and not live[i].synthetic:
+        if rv <= self.old_max and rv not in self._issued:
+            raise Expired(rv, self._expired_below, f"too old resource version: {rv} ({self._expired_below}): "
+                          "the apiserver's resourceVersions went back since it was issued; relist")
+        events = self._events
+        i = bisect.bisect_left(events, rv, lo=self._start, key=_ev_rv)
+        # The event that brought the view to rv has been seen by any client at rv (it listed,
+        # or got a bookmark or an event at rv, after it); later events at rv came after.
+        if i < len(events) and events[i].rv == rv and events[i].advanced:
             i += 1
-        return live[i].seq if i < len(live) else self._next_seq
+        return events[i].seq if i < len(events) else self._next_seq
 
     def head(self) -> int:
         """The cursor for "from now on"."""
@@ -349,10 +390,32 @@ class View:
             "historyEvents": self.history_depth(),
             "historyBytes": self.history_bytes,
             "oldestResumableRV": str(self._expired_below),
+            "timelineResets": self.timeline_resets,
             "watchers": self.watchers,
         }
 
     # ---- internals -------------------------------------------------------------------
+
+    def _set_rv(self, rv: int) -> None:
+        self.rv = rv
+        self._note_rv(rv)
+
+    def _note_rv(self, rv: int) -> None:
+        """Remember ``rv`` as taken on this timeline while it overlaps an earlier one's RVs.
+
+        Every RV a client can get from the view (list, bookmark, event) is one the view's RV
+        took: the last event of a batch sets it, the others carry the RV it already had.
+        """
+        if rv <= self.old_max and rv not in self._issued:
+            self._issued[rv] = None
+            if len(self._issued) > ISSUED_RVS_KEPT:
+                del self._issued[next(iter(self._issued))]
+
+    def _forget_old_timeline(self) -> None:
+        # Once every RV up to old_max is expired anyway, the record has nothing left to decide.
+        if self.old_max and self._expired_below > self.old_max:
+            self.old_max = 0
+            self._issued.clear()
 
     def wake(self) -> None:
         """Wake the waiting watchers: at once, unless they were woken less than
@@ -409,15 +472,18 @@ class View:
         """Drop the oldest RV group: whole groups, so no client gets half of a synthesized burst."""
         events = self._events
         rv = events[self._start].rv
-        had_synthetic = False
+        # A client at rv has seen the event that advanced the view to rv, not necessarily the
+        # others at rv: if there were others, rv itself can no longer be resumed.
+        only_advancing = True
         while self._start < len(events) and events[self._start].rv == rv:
             ev = events[self._start]
-            had_synthetic |= ev.synthetic
+            only_advancing &= ev.advanced
             fp = _footprint(ev)
             self.history_bytes -= fp
             self.budget.used -= fp
             self._start += 1
-        self._expired_below = max(self._expired_below, rv + 1 if had_synthetic else rv)
+        self._expired_below = max(self._expired_below, rv if only_advancing else rv + 1)
+        self._forget_old_timeline()
         # Evicted events stay in the list until this cut (a memmove of the live pointers), so
         # keep the dead prefix short: it holds the events' bytes, not just pointers.
         if self._start >= _TRIM_EVERY:

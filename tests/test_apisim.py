@@ -20,6 +20,7 @@ from apisim import Simulator
 from apisim.seeds import openyurt_demo, scale_cluster, servicegrid_demo
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from kubeapi.status import StatusError
+from tests.support.faultkit import wait_for
 from tests.support.stack import running_simulator
 
 SVC_PATH = "/api/v1/services"
@@ -493,6 +494,37 @@ async def test_pause_and_resume_watches(sim: Simulator, http: aiohttp.ClientSess
         sim.resume_watches()
         ev = await s.next()
     assert ev is not None and ev["type"] == "ADDED" and ev["object"]["metadata"]["name"] == "held"
+
+
+async def test_restart_from_an_older_state_goes_back_like_an_etcd_restore(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    before = sim.rv
+    backup = sim.save_state()
+    sim.create(SERVICES, svc("lost"))
+    sim.patch_labels(NODES, None, "bj-1", {"lost": "yes"})
+    old_rv = sim.rv
+    async with watch(http, sim, SVC_PATH, resourceVersion=str(old_rv)) as open_watch:
+        await wait_for(lambda: sim.open_watches == 1, 5, "the watch to be registered")
+        sim.restart_from(backup)
+        with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError)):
+            await asyncio.wait_for(open_watch.content.read(), 3)  # open watches are dropped
+    assert sim.rv == before
+    body = await get_json(http, sim.url + SVC_PATH)
+    assert body["metadata"]["resourceVersion"] == str(before) and "lost" not in names(body["items"])
+    assert "lost" not in sim.get(NODES, None, "bj-1")["metadata"]["labels"]
+    # The old RV is ahead of the restored store: a watch from it waits, then gets too-large.
+    async with watch(http, sim, SVC_PATH, resourceVersion=str(old_rv)) as r:
+        ev = await Stream(r).next()
+    assert ev is not None and ev["type"] == "ERROR" and ev["object"]["code"] == 504
+    assert ev["object"]["details"]["causes"][0]["type"] == "ResourceVersionTooLarge"
+    # The history is gone: a resume from before the restored RV is expired.
+    async with watch(http, sim, SVC_PATH, resourceVersion=str(before - 1)) as r:
+        ev = await Stream(r).next()
+    assert ev is not None and ev["type"] == "ERROR" and ev["object"]["code"] == 410
+    # New writes reuse the RVs the lost ones had.
+    again = sim.create(SERVICES, svc("new"))
+    assert int(again["metadata"]["resourceVersion"]) == before + 1
 
 
 # --- seeds ---------------------------------------------------------------------------

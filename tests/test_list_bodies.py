@@ -28,7 +28,7 @@ def test_a_repeated_list_reuses_the_joined_body_until_the_view_changes() -> None
     first, _ = _list_body(v, None, opts, None, gzip_ok=False)
     again, _ = _list_body(v, None, opts, None, gzip_ok=False)
     assert again is first
-    v.publish([("ADDED", svc("c", 3))], 3, synthetic=False)
+    v.publish([("ADDED", svc("c", 3))], 3)
     after, _ = _list_body(v, None, opts, None, gzip_ok=False)
     assert names(after) == ["a", "b", "c"]
     assert orjson.loads(after)["metadata"]["resourceVersion"] == "3"
@@ -42,7 +42,7 @@ def test_bodies_of_an_older_version_are_dropped_when_the_view_changes() -> None:
     _list_body(v, None, everything, None, gzip_ok=False)
     _list_body(v, None, app_x, predicate(app_x), gzip_ok=False)
     assert len(_LIST_CACHE[v][1]) == 2, "one body per selection at the same version"
-    v.publish([("MODIFIED", svc("b", 3))], 3, synthetic=False)
+    v.publish([("MODIFIED", svc("b", 3))], 3)
     body, _ = _list_body(v, None, app_x, predicate(app_x), gzip_ok=False)
     assert names(body) == ["a"]
     version, bodies = _LIST_CACHE[v]

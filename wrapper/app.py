@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
@@ -41,6 +42,17 @@ class _QuietBadRequests(logging.Filter):
 
 logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
 
+@dataclass(frozen=True)
+class ReadyCheck:
+    """One line of /readyz beyond the caches' own: ``[+]name detail`` or ``[-]name detail``."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+ReadyChecks = Callable[[], Sequence[ReadyCheck]]
+
 VIEWS = web.AppKey("views", Mapping[str, View])
 REGISTRY = web.AppKey("watch_registry", WatchRegistry)
 
@@ -54,10 +66,12 @@ class Front:
         settings: ServeSettings,
         registry: WatchRegistry | None = None,
         authorizer: ClientAuthorizer | None = None,
+        checks: ReadyChecks | None = None,
     ) -> None:
         self.authorizer = authorizer
         self.views = views
         self.ready = ready
+        self.checks = checks
         self.upstream = upstream
         self.settings = settings
         self.registry = registry if registry is not None else WatchRegistry()  # empty is falsy
@@ -106,7 +120,9 @@ class Front:
     def _readyz(self) -> web.Response:
         lines = [f"[{'+' if v.synced else '-'}]cache-{name} {'ok' if v.synced else 'not synced'}"
                  for name, v in self.views.items()]
-        ok = self.ready()
+        checks = self.checks() if self.checks is not None else ()
+        lines.extend(f"[{'+' if c.ok else '-'}]{c.name} {c.detail}" for c in checks)
+        ok = self.ready() and all(c.ok for c in checks)
         body = "\n".join(lines) + ("\nreadyz check passed\n" if ok else "\nreadyz check failed\n")
         return web.Response(text=body, status=200 if ok else 503)
 
@@ -141,8 +157,9 @@ def build_app(
     middlewares: Sequence[Middleware] = (),
     authorizer: ClientAuthorizer | None = None,
     client_max_size: int = 3 << 20,
+    checks: ReadyChecks | None = None,
 ) -> web.Application:
-    front = Front(views, ready, upstream, settings or ServeSettings(), registry, authorizer)
+    front = Front(views, ready, upstream, settings or ServeSettings(), registry, authorizer, checks)
     app = web.Application(middlewares=[*middlewares, _no_tracebacks], client_max_size=client_max_size,
                           handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[VIEWS] = views

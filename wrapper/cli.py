@@ -25,10 +25,11 @@ from cache.informers import Informers
 from cache.reflector import ReflectorSettings
 from cache.snapshot import Identity, Persister, restore
 from cache.upstream import ConfigError, UpstreamClient
-from wrapper.app import build_app
+from wrapper.app import ReadyCheck, build_app
 from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS, ClientAuthorizer
 from wrapper.debug import Debug
 from wrapper.heap import manage_heap, tune_malloc
+from wrapper.local_node import DEFAULT_REPEAT, LocalNodeMonitor
 from wrapper.logs import configure_logging
 from wrapper.metrics import Metrics
 from wrapper.serving import ServeSettings, WatchRegistry
@@ -147,6 +148,7 @@ class Running:
     debug_runner: web.AppRunner | None = None
     debug_url: str = ""
     persister: Persister | None = None
+    local_node: LocalNodeMonitor | None = None
 
 
 def tls_context(cert: str | None, key: str | None, client_ca: str | None = None) -> ssl.SSLContext | None:
@@ -188,11 +190,13 @@ async def start_wrapper(
     snapshot_interval: float = 10.0,
     offline_grace: float | None = None,
     authorizer: ClientAuthorizer | None = None,
+    local_node_warn_every: float = DEFAULT_REPEAT,
 ) -> Running:
     """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests.
 
     ``offline_grace``: None keeps /readyz ready once synced, whatever the apiserver does (edge
     autonomy); a number makes it not ready after the apiserver has been lost that many seconds.
+    ``local_node_warn_every``: how often a missing local Node is logged again.
     """
     cache = ClusterCache(hostname)
     informers = Informers(client, cache, reflect)
@@ -210,7 +214,7 @@ async def start_wrapper(
         return offline_grace is None or informers.offline_for() < offline_grace
 
     app = build_app(cache.views, ready, client, serve, registry=watches, middlewares=[metrics.middleware()],
-                    authorizer=authorizer)
+                    authorizer=authorizer, checks=lambda: ready_checks(cache))
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None)
     url = await _listen(runner, bind, tls)
     debug_runner = None
@@ -226,7 +230,24 @@ async def start_wrapper(
     informers.start()
     if persister is not None:
         persister.start()
-    return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister)
+    local_node = LocalNodeMonitor(cache, local_node_warn_every)
+    local_node.start()
+    return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister, local_node)
+
+
+def ready_checks(cache: ClusterCache) -> list[ReadyCheck]:
+    """/readyz lines beyond the caches' own: a resync in progress, and the local node."""
+    checks: list[ReadyCheck] = []
+    if cache.resyncing:
+        checks.append(ReadyCheck("upstream-resync", False, "relisting every resource: the apiserver's "
+                                 "resourceVersions went back (etcd restore or rebuilt cluster?)"))
+    if cache.ready_event.is_set():
+        if cache.local_node_known:
+            checks.append(ReadyCheck("local-node", True, "ok"))
+        else:
+            checks.append(ReadyCheck("local-node", False, f'"{cache.local_node}" not found among the cluster\'s '
+                                     "Nodes (check --hostname)"))
+    return checks
 
 
 def client_authorizer(client: UpstreamClient, args: argparse.Namespace) -> ClientAuthorizer | None:
@@ -254,6 +275,8 @@ async def _listen(runner: web.AppRunner, bind: tuple[str, int], tls: ssl.SSLCont
 
 
 async def stop_wrapper(running: Running) -> None:
+    if running.local_node is not None:
+        await running.local_node.stop()
     await running.runner.cleanup()
     if running.debug_runner is not None:
         await running.debug_runner.cleanup()

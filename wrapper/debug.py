@@ -189,7 +189,9 @@ class Debug:
                 for w in self.watches.watches.values() if w.resource == name
             ]
             resources[name] = entry
-        return _json({"localNode": self.cache.local_node, "ready": self.cache.ready, "resources": resources,
+        return _json({"localNode": self.cache.local_node, "localNodeKnown": self.cache.local_node_known,
+                      "ready": self.cache.ready, "resyncing": self.cache.resyncing,
+                      "timelineResets": self.cache.timeline_resets, "resources": resources,
                       "refilterRuns": self.cache.refilter_runs,
                       "refilterSeconds": round(self.cache.refilter_seconds, 6),
                       "syntheticEvents": self.cache.synthetic_events})

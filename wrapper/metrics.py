@@ -79,6 +79,12 @@ class _StateCollector(Collector):
         topo.add_metric(["dropped"], dropped)
         yield topo
         yield GaugeMetricFamily(f"{NS}_cache_ready", "1 once every cache has synced", value=int(cache.ready))
+        yield CounterMetricFamily(f"{NS}_upstream_timeline_resets",
+                                  "Times the apiserver's resourceVersions went back and everything was relisted",
+                                  value=cache.timeline_resets)
+        yield GaugeMetricFamily(f"{NS}_local_node_known",
+                                "1 while --hostname names a Node of the synced cache (0: check --hostname)",
+                                value=int(cache.local_node_known))
         if self.informers is None:
             return
         connected = GaugeMetricFamily(f"{NS}_upstream_connected", "1 while the watch on the apiserver is up",

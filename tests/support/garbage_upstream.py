@@ -25,6 +25,8 @@ class GarbageUpstream:
     seed: Iterable[tuple[Resource, dict[str, Any]]]
     # plural -> raw lines sent (in order) on the first watch of that resource, before bookmarks
     scripts: dict[str, list[bytes]] = field(default_factory=dict)
+    # plural -> (HTTP status, body) answered, one per watch request, before any watch is served
+    watch_answers: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
     bookmark_every: float = 0.2
     rv: int = 0
     objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -92,6 +94,10 @@ class GarbageUpstream:
 
     async def _watch(self, request: web.Request, res: Resource) -> web.StreamResponse:
         self.watches[res.plural] += 1
+        answers = self.watch_answers.get(res.plural)
+        if answers:
+            code, body = answers.pop(0)
+            return web.Response(status=code, body=body, content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         script = self.scripts.pop(res.plural, [])

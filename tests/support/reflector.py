@@ -5,10 +5,12 @@ It follows the rules in ``shared/reference/list-watch-protocol.md``:
 - LIST with ``limit=500&resourceVersion=0`` (following ``continue``), then WATCH from the
   list's resourceVersion with ``allowWatchBookmarks=true`` and ``timeoutSeconds``;
 - reopen the watch from the last resourceVersion when it ends; relist on 410 (first with
-  the last RV, then, if that fails, with no RV);
+  the last RV, then, if that fails, with no RV); the streaming form, like client-go's
+  watch-list, drops its RV on a 410 or a too-large answer;
 - a watch under 1 s with no events is an error (``VeryShortWatchError``);
 - reject events without ``kind``/``apiVersion``, of the wrong kind, of an unknown type, or
-  whose resourceVersion goes backwards; all such rejections are recorded as violations,
+  whose resourceVersion goes backwards on the stream (below the RV it resumed from, or
+  below the previous event's); all such rejections are recorded as violations,
   which tests assert to be empty;
 - the streaming-list form (``sendInitialEvents=true``) waits for the
   ``k8s.io/initial-events-end`` bookmark before it replaces its store.
@@ -69,6 +71,7 @@ class ReflectorModel:
     relist_reasons: list[str] = field(default_factory=list)
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _stream_rv: int = 0  # the lowest RV the next event on the current stream may carry
     _task: asyncio.Task[None] | None = None
     _session: aiohttp.ClientSession | None = None
 
@@ -117,6 +120,8 @@ class ReflectorModel:
             except _Relist as exc:
                 self.relist_reasons.append(str(exc))
                 need_list, drop_rv = True, exc.drop_rv
+                if self.streaming and exc.drop_rv:
+                    self.last_rv = ""  # client-go's watch-list: the RV is "unavailable"
                 self.relists += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -193,11 +198,14 @@ class ReflectorModel:
         started = time.monotonic()
         seen = 0
         pending: dict[str, dict[str, Any]] | None = {} if initial else None
+        # A resumed watch carries only what came after its RV; a streaming list's initial
+        # objects carry their own (older) RVs.
+        self._stream_rv = int(self.last_rv) if self.last_rv and not initial else 0
         async with self._session.get(url, headers={"Accept": self.accept}) as resp:
             if resp.status != 200:
                 doc = orjson.loads(await resp.read())
                 if resp.status == 410 or resp.status == 504:
-                    raise _Relist(f"watch answered {resp.status}", drop_rv=resp.status == 504)
+                    raise _Relist(f"watch answered {resp.status}", drop_rv=resp.status == 504 or initial)
                 raise _Relist(f"watch answered {resp.status}: {doc.get('message')}")
             ctype = resp.headers.get("Content-Type", "")
             if ctype.split(";")[0].strip() != "application/json":
@@ -224,7 +232,7 @@ class ReflectorModel:
                 self.violations.append(f"ERROR object is not a v1 Status: {obj}")
             if obj.get("code") in (410, 504):
                 raise _Relist(f"watch ERROR {obj.get('code')} {obj.get('reason')}",
-                              drop_rv=obj.get("code") == 504)
+                              drop_rv=obj.get("code") == 504 or pending is not None)
             raise _Relist(f"watch ERROR {obj.get('code')}: {obj.get('message')}")
         if obj.get("kind") != self.kind or obj.get("apiVersion") != self.api_version:
             self.violations.append(f"{type_} object has kind/apiVersion {obj.get('kind')}/{obj.get('apiVersion')}")
@@ -235,9 +243,10 @@ class ReflectorModel:
         except (TypeError, ValueError):
             self.violations.append(f"{type_} without a resourceVersion")
             raise _Relist("event without resourceVersion") from None
-        if self.last_rv and rv < int(self.last_rv):
+        if rv < self._stream_rv:
             self.violations.append(f"{type_} {key_of(obj) if type_ != 'BOOKMARK' else ''} went back from "
-                                   f"{self.last_rv} to {rv}")
+                                   f"{self._stream_rv} to {rv}")
+        self._stream_rv = rv
         self.events += 1
         self.last_rv = str(rv)
         target = pending if pending is not None else self.store

@@ -49,9 +49,10 @@ async def wait_ready(running: Running, timeout: float = 10) -> None:
 
 @asynccontextmanager
 async def stack(seed: SeedList, *, node: str = "bj-1", sim_bookmarks: float = 0.3, wrapper_bookmarks: float = 0.3,
-                too_large_wait: float = 3.0, history_limit: int = 10_000) -> AsyncIterator[Stack]:
+                too_large_wait: float = 3.0, history_limit: int = 10_000,
+                sim_too_large_wait: float = 3.0) -> AsyncIterator[Stack]:
     """Start a simulator loaded with ``seed`` and a synced wrapper for ``node`` in front of it."""
-    sim = Simulator(bookmark_interval=sim_bookmarks, history_limit=history_limit)
+    sim = Simulator(bookmark_interval=sim_bookmarks, history_limit=history_limit, too_large_wait=sim_too_large_wait)
     sim.load(seed)
     await sim.start("127.0.0.1", 0)
     running: Running | None = None
