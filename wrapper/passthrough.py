@@ -3,7 +3,9 @@
 Bodies are never parsed or buffered: protobuf event POSTs, discovery documents and
 watches of other resources are copied chunk by chunk, with compression left as it was.
 Which transport and which identity a request uses is decided by the caller (wrapper/app.py,
-with wrapper/lending.py); this module applies it.
+with wrapper/lending.py); this module applies it. If the apiserver's response breaks off
+after its headers have been passed on, the client's connection is aborted, so the client
+sees a failed response (as it would talking to the apiserver) instead of a short one.
 """
 
 from __future__ import annotations
@@ -91,8 +93,14 @@ async def forward(request: web.Request, client: UpstreamClient, target: Target, 
         if isinstance(exc.__cause__, _TooLarge) or isinstance(exc.__context__, _TooLarge):
             return _too_large()
         if resp is not None and resp.prepared:
-            # Mid-stream: all we can do is end the response; the client sees EOF and retries.
-            log.info("pass-through %s %s ended early: %s", request.method, target.path[:200], exc)
+            # Mid-body: the status line is gone, so the only honest signal left is a broken
+            # connection (ending the chunked body cleanly would hand the client a short body
+            # as if it were whole). aiohttp then finds the transport closed and writes nothing.
+            if isinstance(exc, aiohttp.ClientError):
+                log.info("pass-through %s %s: the apiserver's response broke off (%s); aborting the client's "
+                         "connection", request.method, target.path[:200], exc)
+            if request.transport is not None:
+                request.transport.abort()
             return resp
         log.warning("pass-through %s %s: apiserver unreachable: %s", request.method, target.path[:200], exc)
         st = status.failure(503, f"the apiserver is unreachable from the wrapper: {exc}", "ServiceUnavailable")
