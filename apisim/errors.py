@@ -40,3 +40,8 @@ def unsupported_media_type(content_type: str) -> StatusError:
 def from_code(code: int, message: str = "") -> StatusError:
     """A generic Status for fault injection."""
     return StatusError(failure(code, message or f"injected failure ({code})"))
+
+
+def unauthorized() -> StatusError:
+    """What the apiserver answers for a credential none of its authenticators accepts."""
+    return StatusError(failure(401, "Unauthorized", "Unauthorized"))

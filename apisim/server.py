@@ -8,12 +8,15 @@ They return a private copy of the stored object (without kind/apiVersion, as sto
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from apisim import errors
+from apisim.authn import Authenticator, Seen
 from apisim.faults import Faults
 from apisim.handlers import Handlers
 from apisim.listing import Filter
@@ -43,17 +46,23 @@ class Simulator:
     ``too_large_wait``: how long a too-new resourceVersion waits before 504 (apiserver: 3 s).
     ``default_watch_timeout``: watch duration without ``timeoutSeconds`` (apiserver: 1800-3600 s).
     ``paginate_rv0``: honour ``limit`` for resourceVersion=0 lists (classic apiservers ignore it).
+    ``tls``: serve HTTPS with this context (``apisim.authn.server_tls_context``); a client
+    certificate it verifies authenticates the request.
+    ``authenticate``: refuse bearer tokens missing from ``reviews.tokens`` with 401, as the
+    apiserver refuses invalid tokens. Who every request ran as is kept in ``seen`` either way.
     """
 
     def __init__(self, seed: Seed | None = None, *, history_limit: int = 10_000, bookmark_interval: float = 60.0,
                  too_large_wait: float = 3.0, default_watch_timeout: float = 1800.0,
-                 paginate_rv0: bool = False) -> None:
+                 paginate_rv0: bool = False, tls: ssl.SSLContext | None = None, authenticate: bool = False) -> None:
         self.store = Store(history_limit=history_limit)
         for r in ALL:
             self.store.of(r)
         self.registry = Registry(self.store)
         self.faults = Faults()
         self.reviews = Reviews()
+        self.tls = tls
+        self.authn = Authenticator(self.reviews.tokens, check_tokens=authenticate)
         self.watch_ctl = WatchControl(bookmark_interval=bookmark_interval)
         self.too_large_wait = too_large_wait
         self.default_watch_timeout = default_watch_timeout
@@ -70,9 +79,19 @@ class Simulator:
     # -- lifecycle -------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._authenticate])
         app.router.add_route("*", "/{tail:.*}", Handlers(self).handle)
         return app
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        user = self.authn.authenticate(request)
+        self.authn.record(request, user)
+        if user is None:
+            return web.Response(body=orjson.dumps(errors.unauthorized().status), status=401,
+                                content_type="application/json")
+        return await handler(request)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self.watch_ctl.stopping = False
@@ -80,7 +99,7 @@ class Simulator:
         runner = web.AppRunner(self.make_app(), handler_cancellation=True, shutdown_timeout=1.0,
                                access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=self.tls)
         await site.start()
         self._runner = runner
         sockets = runner.addresses
@@ -104,7 +123,12 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def seen(self) -> list[Seen]:
+        """Every request received (most recent last, bounded), with the identity it ran as."""
+        return list(self.authn.seen)
 
     @property
     def rv(self) -> int:

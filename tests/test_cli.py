@@ -138,3 +138,15 @@ def test_help_is_available(args: list[str]) -> None:
     proc = run_cli(*args)
     assert proc.returncode == 0
     assert "--bind-address" in proc.stdout
+
+
+def test_every_flag_in_the_help_is_in_the_readme_flags_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside flag names
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## Flags\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(--[a-z-]+)", table))
+    shown = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", build_parser().format_help())) - {"--help"}
+    assert shown - documented == set()

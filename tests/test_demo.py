@@ -91,3 +91,19 @@ async def test_demo_debug_page_explains_the_decision(demo: tuple[str, str, str])
         doc = await resp.json()
     kept = sorted(e["nodeName"] for e in doc["services"][0]["endpoints"] if e["kept"])
     assert kept == ["bj-1", "bj-3"]
+
+
+async def test_demo_answers_a_client_that_half_closes_under_uvloop(demo: tuple[str, str, str]) -> None:
+    """The demo runs on uvloop, as the wrapper does: a request followed by shutdown(SHUT_WR) is answered."""
+    wrapper, _, _ = demo
+    host, port = wrapper.removeprefix("http://").rsplit(":", 1)
+    for path in ("/api/v1/nodes", "/api"):  # from the cache, and passed through
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: demo\r\n\r\n".encode())
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), 20)  # everything, up to the server's close
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert b'"kind":"NodeList"' in answer or b'"kind":"APIVersions"' in answer

@@ -428,7 +428,6 @@ EXPECTED_GRANTS = {
     ("", "services", "list"), ("", "services", "watch"),
     ("", "endpoints", "list"), ("", "endpoints", "watch"),
     ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch"),
-    ("", "events", "create"), ("", "events", "patch"),
     ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
     ("networking.k8s.io", "servicecidrs", "list"), ("networking.k8s.io", "servicecidrs", "watch"),
 }  # fmt: skip
@@ -444,6 +443,31 @@ def test_cluster_role_grants_exactly_what_is_needed() -> None:
         grants |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert grants == EXPECTED_GRANTS
     assert "aggregationRule" not in role
+
+
+# What wrapper/lending.py lends the wrapper's identity to, as (method, path) -> RBAC grant.
+LENT = [
+    ("POST", "/apis/events.k8s.io/v1/namespaces/default/events", ("events.k8s.io", "events", "create")),
+    ("PATCH", "/apis/events.k8s.io/v1/namespaces/kube-system/events/kube-proxy.1",
+     ("events.k8s.io", "events", "patch")),
+    ("GET", "/apis/networking.k8s.io/v1/servicecidrs", ("networking.k8s.io", "servicecidrs", "list")),
+]
+NOT_LENT = [
+    ("POST", "/api/v1/namespaces/default/events", ("", "events", "create")),
+    ("PATCH", "/api/v1/namespaces/default/events/kube-proxy.1", ("", "events", "patch")),
+    ("GET", "/apis/networking.k8s.io/v1/servicecidrs/kubernetes", ("networking.k8s.io", "servicecidrs", "get")),
+]
+
+
+def test_cluster_role_grants_what_the_wrapper_lends_its_identity_to_and_nothing_it_does_not() -> None:
+    from wrapper.lending import may_lend_identity
+
+    for method, path, grant in LENT:
+        assert may_lend_identity(method, path), (method, path)
+        assert grant in EXPECTED_GRANTS, grant
+    for method, path, grant in NOT_LENT:
+        assert not may_lend_identity(method, path), (method, path)
+        assert grant not in EXPECTED_GRANTS, grant
 
 
 def test_cluster_role_binding_binds_the_service_account() -> None:

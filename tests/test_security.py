@@ -72,6 +72,20 @@ async def test_mutual_tls_rejects_a_client_without_a_valid_certificate(
                 await resp.read()
 
 
+async def test_a_client_certificate_is_not_a_credential_the_wrapper_forwards(
+    mtls_wrapper: Running, ca: trustme.CA, sim: Simulator
+) -> None:
+    """Under --client-ca-file the certificate ends at the wrapper: the request counts as one without
+    credentials, so only the lending allow-list is served (with the wrapper's identity)."""
+    ctx = client_context(ca, with_cert=True)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{mtls_wrapper.url}/api/v1/namespaces/kube-system/secrets", ssl=ctx) as resp:
+            assert resp.status == 403 and (await resp.json())["reason"] == "Forbidden"
+        async with s.get(f"{mtls_wrapper.url}/version", ssl=ctx) as resp:
+            assert resp.status == 200
+    assert [s.path for s in sim.seen if "secrets" in s.path] == []
+
+
 def test_client_ca_without_serving_certificate_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="client-ca-file"):
         tls_context(None, None, str(tmp_path / "ca.pem"))
@@ -108,11 +122,23 @@ def test_non_loopback_listeners_need_tls_or_an_explicit_flag(argv: list[str], ha
         ("GET", "/api/v1", True),
         ("GET", "/apis/discovery.k8s.io/v1", True),
         ("GET", "/version", True),
-        ("GET", "/openapi/v3", True),
+        ("HEAD", "/apis/networking.k8s.io/v1beta1", True),
         ("GET", "/apis/networking.k8s.io/v1/servicecidrs", True),
+        ("GET", "/apis/networking.k8s.io/v1beta1/servicecidrs", True),
         ("POST", "/apis/events.k8s.io/v1/namespaces/default/events", True),
+        ("POST", "/apis/events.k8s.io/v1/namespaces/kube-system/events", True),
         ("PATCH", "/apis/events.k8s.io/v1/namespaces/default/events/kube-proxy.1", True),
-        ("POST", "/api/v1/namespaces/default/events", True),
+        # Nothing kube-proxy (1.30+) or kubectl's discovery needs: not lent.
+        ("GET", "/openapi/v3", False),
+        ("GET", "/openapi/v2", False),
+        ("POST", "/api/v1/namespaces/default/events", False),
+        ("PUT", "/apis/events.k8s.io/v1/namespaces/default/events/kube-proxy.1", False),
+        ("PATCH", "/apis/events.k8s.io/v1/namespaces/default/events", False),
+        ("POST", "/apis/events.k8s.io/v1/namespaces/default/events/kube-proxy.1", False),
+        ("GET", "/apis/events.k8s.io/v1/namespaces/default/events", False),
+        ("GET", "/apis/networking.k8s.io/v1/servicecidrs/kubernetes", False),
+        ("GET", "/apis/networking.k8s.io/v1/namespaces/default/servicecidrs", False),
+        ("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles", False),
         ("GET", "/api/v1/secrets", False),
         ("GET", "/api/v1/namespaces/kube-system/secrets/token", False),
         ("DELETE", "/apis/events.k8s.io/v1/namespaces/default/events/x", False),

@@ -16,8 +16,9 @@ from kubeapi import status
 from kubeapi.resources import match_path
 from kubeapi.status import StatusError
 from wrapper.authz import ClientAuthorizer
-from wrapper.lending import may_lend_identity
+from wrapper.lending import check_lending
 from wrapper.passthrough import forward
+from wrapper.paths import parse_target
 from wrapper.query import parse_list_options
 from wrapper.serving import ServeSettings, WatchRegistry, serve_get, serve_list, serve_watch, status_response
 
@@ -58,6 +59,12 @@ REGISTRY = web.AppKey("watch_registry", WatchRegistry)
 
 
 class Front:
+    """Routes each request: health, cached reads (wrapper/serving.py) or pass-through.
+
+    Owns the routing and the identity decision for pass-through (with wrapper/lending.py);
+    built by ``build_app``, which the CLI, the demo and the tests call.
+    """
+
     def __init__(
         self,
         views: Mapping[str, View],
@@ -88,7 +95,9 @@ class Front:
             return status_response(err)
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
-        path = request.path
+        # One parse of the request line's target: what is routed, checked and forwarded.
+        target = parse_target(request.raw_path)
+        path = target.path
         if path in ("/healthz", "/livez"):
             return web.Response(text="ok")
         if path == "/readyz":
@@ -111,11 +120,11 @@ class Front:
             return await serve_list(request, view, opts, self.settings, rp.namespace)
         if self.upstream is None:
             raise status.not_found("", "", path)
-        if "Authorization" not in request.headers and not may_lend_identity(request.method, path):
-            raise StatusError(status.failure(
-                403, f'forbidden: {request.method} {path[:200]} is not served with the wrapper\'s identity; '
-                "send your own credentials (Authorization header) for it", "Forbidden"))
-        return await forward(request, self.upstream)
+        if "Authorization" in request.headers:
+            # The client's own credentials, on a connection without the wrapper's.
+            return await forward(request, self.upstream, target, lend=False)
+        check_lending(request.method, path, target.escaped, request.headers.keys())
+        return await forward(request, self.upstream, target, lend=True)
 
     def _readyz(self) -> web.Response:
         lines = [f"[{'+' if v.synced else '-'}]cache-{name} {'ok' if v.synced else 'not synced'}"

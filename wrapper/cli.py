@@ -9,11 +9,12 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import math
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from wrapper.app import ReadyCheck, build_app
 from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS, ClientAuthorizer
 from wrapper.debug import Debug
 from wrapper.heap import manage_heap, tune_malloc
+from wrapper.listener import ConnectionGuard, ConnectionLimits, GuardedSite
 from wrapper.local_node import DEFAULT_REPEAT, LocalNodeMonitor
 from wrapper.logs import configure_logging
 from wrapper.metrics import Metrics
@@ -99,7 +101,35 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-private-key-file", help="private key for --tls-cert-file (PEM)")
     p.add_argument("--client-ca-file", help="require client certificates signed by this CA (mutual TLS)")
+    defaults = ConnectionLimits()
+    p.add_argument("--read-header-timeout", type=_positive(float), default=defaults.header_timeout,
+                   help="close a connection whose request headers are not complete this many seconds after its "
+                   f"start, or after the first byte of a later request (default {defaults.header_timeout:g})")
+    p.add_argument("--idle-timeout", type=_positive(float), default=defaults.idle_timeout,
+                   help="close a keep-alive connection idle this many seconds between requests "
+                   f"(default {defaults.idle_timeout:g})")
+    p.add_argument("--max-connections", type=_positive(int), default=defaults.max_connections,
+                   help="open connections per listener; more get 429 TooManyRequests with Retry-After "
+                   f"(default {defaults.max_connections})")
     p.add_argument("--bookmark-interval", type=float, default=60.0, help=argparse.SUPPRESS)
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {kind.__name__}") from None
+        if not (number > 0 and math.isfinite(number)):
+            raise argparse.ArgumentTypeError(f"{value!r} must be a finite number greater than 0")
+        return number
+
+    return parse
+
+
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    return ConnectionLimits(header_timeout=args.read_header_timeout, idle_timeout=args.idle_timeout,
+                            max_connections=int(args.max_connections))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +179,7 @@ class Running:
     debug_url: str = ""
     persister: Persister | None = None
     local_node: LocalNodeMonitor | None = None
+    guard: ConnectionGuard | None = None  # the main listener's
 
 
 def tls_context(cert: str | None, key: str | None, client_ca: str | None = None) -> ssl.SSLContext | None:
@@ -191,6 +222,7 @@ async def start_wrapper(
     offline_grace: float | None = None,
     authorizer: ClientAuthorizer | None = None,
     local_node_warn_every: float = DEFAULT_REPEAT,
+    limits: ConnectionLimits | None = None,
 ) -> Running:
     """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests.
 
@@ -213,17 +245,24 @@ async def start_wrapper(
             return False
         return offline_grace is None or informers.offline_for() < offline_grace
 
-    app = build_app(cache.views, ready, client, serve, registry=watches, middlewares=[metrics.middleware()],
-                    authorizer=authorizer, checks=lambda: ready_checks(cache))
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None)
-    url = await _listen(runner, bind, tls)
+    limits = limits or ConnectionLimits()
+    guard = ConnectionGuard(limits)
+    app = build_app(cache.views, ready, client, serve, registry=watches,
+                    middlewares=[guard.middleware(), metrics.middleware()], authorizer=authorizer,
+                    checks=lambda: ready_checks(cache))
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None,
+                           keepalive_timeout=limits.idle_timeout)
+    url = await _listen(runner, bind, tls, guard)
     debug_runner = None
     debug_url = ""
     if debug is not None:
+        debug_guard = ConnectionGuard(limits)
         debug_app = Debug(cache, informers, watches, metrics, profiling=profiling).app()
-        debug_runner = web.AppRunner(debug_app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+        debug_app.middlewares.insert(0, debug_guard.middleware())
+        debug_runner = web.AppRunner(debug_app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None,
+                                     keepalive_timeout=limits.idle_timeout)
         try:
-            debug_url = await _listen(debug_runner, debug, None)
+            debug_url = await _listen(debug_runner, debug, None, debug_guard)
         except StartupError:
             await runner.cleanup()
             raise
@@ -232,7 +271,7 @@ async def start_wrapper(
         persister.start()
     local_node = LocalNodeMonitor(cache, local_node_warn_every)
     local_node.start()
-    return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister, local_node)
+    return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister, local_node, guard)
 
 
 def ready_checks(cache: ClusterCache) -> list[ReadyCheck]:
@@ -259,16 +298,16 @@ def client_authorizer(client: UpstreamClient, args: argparse.Namespace) -> Clien
                             review_burst=args.authorize_clients_review_burst)
 
 
-async def _listen(runner: web.AppRunner, bind: tuple[str, int], tls: ssl.SSLContext | None) -> str:
+async def _listen(runner: web.AppRunner, bind: tuple[str, int], tls: ssl.SSLContext | None,
+                  guard: ConnectionGuard) -> str:
     await runner.setup()
-    site = web.TCPSite(runner, bind[0], bind[1], ssl_context=tls)
+    site = GuardedSite(runner, bind[0], bind[1], guard, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {bind[0]}:{bind[1]}: {exc.strerror or exc}") from exc
-    sockets = getattr(site._server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else bind[1]
+    port = site.port
     scheme = "https" if tls else "http"
     host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]
     return f"{scheme}://{host}:{port}"
@@ -331,7 +370,8 @@ async def serve_main(args: argparse.Namespace) -> None:
                                   cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                                   snapshot_interval=args.snapshot_interval,
                                   offline_grace=None if args.ready_while_offline else args.offline_grace,
-                                  authorizer=client_authorizer(client, args))
+                                  authorizer=client_authorizer(client, args),
+                                  limits=connection_limits(args))
     log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
     heap_task = asyncio.create_task(manage_heap(running.cache.ready_event), name="heap")
     try:

@@ -14,7 +14,17 @@ import logging
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from cache.upstream import UpstreamClient
-from wrapper.cli import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
+from wrapper.cli import (
+    StartupError,
+    check_exposure,
+    client_authorizer,
+    connection_limits,
+    is_loopback,
+    start_wrapper,
+    stop_wrapper,
+    tls_context,
+    wait_for_signal,
+)
 from wrapper.serving import ServeSettings
 
 log = logging.getLogger("application-grid-wrapper")
@@ -52,9 +62,14 @@ Ctrl-C stops the demo.
 
 async def demo_main(args: argparse.Namespace) -> None:
     tls = tls_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
+    check_exposure(args, tls is not None)
+    host, port = args.simulator_address
+    if not is_loopback(host) and not args.insecure_allow_remote:
+        # The simulator speaks plain HTTP and takes writes from anyone.
+        raise StartupError(f"refusing to serve the simulator on non-loopback address {host} without "
+                           "--insecure-allow-remote", 2)
     sim = Simulator()
     sim.load(servicegrid_demo())
-    host, port = args.simulator_address
     try:
         sim_url = await sim.start(host, port)
     except OSError as exc:
@@ -64,7 +79,8 @@ async def demo_main(args: argparse.Namespace) -> None:
         running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
                                       serve=ServeSettings(bookmark_interval=args.bookmark_interval),
                                       debug=args.debug_bind_address, profiling=args.profiling,
-                                      authorizer=client_authorizer(client, args))
+                                      authorizer=client_authorizer(client, args),
+                                      limits=connection_limits(args))
     except BaseException:
         await sim.stop()
         raise

@@ -2,6 +2,10 @@
 
 Bodies are never parsed or buffered: protobuf event POSTs, discovery documents and
 watches of other resources are copied chunk by chunk, with compression left as it was.
+Which transport and which identity a request uses is decided by the caller (wrapper/app.py,
+with wrapper/lending.py); this module applies it. If the apiserver's response breaks off
+after its headers have been passed on, the client's connection is aborted, so the client
+sees a failed response (as it would talking to the apiserver) instead of a short one.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from yarl import URL
 
 from cache.upstream import UpstreamClient
 from kubeapi import status
+from wrapper.lending import LENT_HEADERS
+from wrapper.paths import Target
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +54,27 @@ async def _limited(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def forward(request: web.Request, client: UpstreamClient) -> web.StreamResponse:
+async def forward(request: web.Request, client: UpstreamClient, target: Target, *, lend: bool) -> web.StreamResponse:
+    """Send ``request`` to ``target.forwarded`` upstream and stream the answer back.
+
+    ``lend``: speak as the wrapper (its session and credentials, only the client headers in
+    ``LENT_HEADERS``). Otherwise the request keeps the client's headers, its ``Authorization``
+    included, and goes on the session that carries nothing of the wrapper's.
+    """
     if request.content_length is not None and request.content_length > MAX_BODY:
         return _too_large()
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-    if "Authorization" not in request.headers:
+    if lend:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in LENT_HEADERS}
         headers.update(await client.auth_headers())
-    url = URL(client.base_url + request.raw_path, encoded=True)
+        session = client.session
+    else:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        session = client.forwarding_session
+    url = URL(client.base_url + target.forwarded, encoded=True)
     body = _limited(request.content) if request.body_exists else None
     resp: web.StreamResponse | None = None
     try:
-        async with client.session.request(
+        async with session.request(
             request.method, url, headers=headers, data=body, allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), **client.request_kwargs(),
         ) as upstream:
@@ -77,9 +93,15 @@ async def forward(request: web.Request, client: UpstreamClient) -> web.StreamRes
         if isinstance(exc.__cause__, _TooLarge) or isinstance(exc.__context__, _TooLarge):
             return _too_large()
         if resp is not None and resp.prepared:
-            # Mid-stream: all we can do is end the response; the client sees EOF and retries.
-            log.info("pass-through %s %s ended early: %s", request.method, request.path, exc)
+            # Mid-body: the status line is gone, so the only honest signal left is a broken
+            # connection (ending the chunked body cleanly would hand the client a short body
+            # as if it were whole). aiohttp then finds the transport closed and writes nothing.
+            if isinstance(exc, aiohttp.ClientError):
+                log.info("pass-through %s %s: the apiserver's response broke off (%s); aborting the client's "
+                         "connection", request.method, target.path[:200], exc)
+            if request.transport is not None:
+                request.transport.abort()
             return resp
-        log.warning("pass-through %s %s: apiserver unreachable: %s", request.method, request.path, exc)
+        log.warning("pass-through %s %s: apiserver unreachable: %s", request.method, target.path[:200], exc)
         st = status.failure(503, f"the apiserver is unreachable from the wrapper: {exc}", "ServiceUnavailable")
         return web.Response(body=orjson.dumps(st), status=503, content_type="application/json")
