@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -14,11 +15,12 @@ from apisim.patch import PATCH_TYPES
 from apisim.registry import copy_json, now_rfc3339
 from apisim.store import Entry, with_type
 from apisim.watch import TableMode, WatchRequest, run_watch
-from kubeapi import status, tables
+from kubeapi import partial, status, tables
+from kubeapi.listoptions import parse_list_options
+from kubeapi.negotiation import PARTIAL, PARTIAL_LIST, Target, negotiate
 from kubeapi.resources import Resource, ResourcePath, match_path
 from kubeapi.status import StatusError
 from kubeapi.types import JSONDict
-from wrapper.query import parse_list_options
 
 if TYPE_CHECKING:
     from apisim.server import Simulator
@@ -98,20 +100,22 @@ class Handlers:
         method, res, reg = request.method, rp.resource, self.sim.registry
         if rp.subresource not in (None, "status"):
             raise status.not_found(res.group, f"{res.plural}/{rp.subresource}", rp.name or "")
+        # Every resource handler of the apiserver negotiates the answer's media type first (406).
+        target = negotiate(request.headers.get("Accept"))
         if method == "GET":
             if rp.name is None:
-                return await self._list_or_watch(request, rp)
+                return await self._list_or_watch(request, rp, target)
             query = request.query
             if query.get("watch", "").lower() in ("1", "true", "t"):
-                return await self._list_or_watch(request, rp)
-            return self._object(request, res, reg.get(res, rp.namespace, rp.name))
+                return await self._list_or_watch(request, rp, target)
+            return self._object(request, res, reg.get(res, rp.namespace, rp.name), target)
         if method == "POST":
             if rp.name is not None or rp.subresource is not None or (res.namespaced and not rp.namespace):
                 raise status.method_not_allowed(method, res.plural)
             body = await _body(request)
             if not isinstance(body, dict):
                 raise status.bad_request("the body must be a JSON object")
-            return self._object(request, res, reg.create(res, body, rp.namespace), 201)
+            return self._object(request, res, reg.create(res, body, rp.namespace), target, 201)
         if rp.name is None:
             raise status.method_not_allowed(method, res.plural)
         if method == "PUT":
@@ -119,33 +123,37 @@ class Handlers:
             if not isinstance(body, dict):
                 raise status.bad_request("the body must be a JSON object")
             entry = reg.update(res, body, rp.namespace, rp.name, rp.subresource)
-            return self._object(request, res, entry)
+            return self._object(request, res, entry, target)
         if method == "PATCH":
             ctype = request.content_type
             if ctype not in PATCH_TYPES:
                 raise errors.unsupported_media_type(ctype)
             patch = await _body(request)
             entry = reg.patch(res, rp.namespace, rp.name, patch, ctype, rp.subresource)
-            return self._object(request, res, entry)
+            return self._object(request, res, entry, target)
         if method == "DELETE":
             pre: JSONDict | None = None
             if request.can_read_body and (await request.read()).strip():
                 opts = await _body(request)  # DeleteOptions
                 if isinstance(opts, dict) and isinstance(opts.get("preconditions"), dict):
                     pre = opts["preconditions"]
-            return self._object(request, res, reg.delete(res, rp.namespace, rp.name, pre))
+            return self._object(request, res, reg.delete(res, rp.namespace, rp.name, pre), target)
         raise status.method_not_allowed(method, res.plural)
 
-    def _object(self, request: web.Request, res: Resource, entry: Entry, code: int = 200) -> web.Response:
-        accept = request.headers.get("Accept")
-        if tables.wants_table(accept):
+    def _object(self, request: web.Request, res: Resource, entry: Entry, target: Target, code: int = 200,
+                ) -> web.Response:
+        if target.table:
             table = tables.render_table(res, [entry.obj], list_rv=None,
                                         include_object=request.query.get("includeObject", ""),
-                                        api_version=tables.table_api_version(accept))
+                                        api_version=target.api_version)
             return json_response(orjson.dumps(table), code)
+        if target.kind == PARTIAL_LIST:
+            raise partial.object_is_not_a_list(res)
+        if target.kind == PARTIAL:
+            return json_response(partial.partial_bytes(entry.raw, target.api_version), code)
         return json_response(with_type(res, entry.raw), code)
 
-    async def _list_or_watch(self, request: web.Request, rp: ResourcePath) -> web.StreamResponse:
+    async def _list_or_watch(self, request: web.Request, rp: ResourcePath, target: Target) -> web.StreamResponse:
         res = rp.resource
         query = dict(request.query)
         token = query.pop("continue", "")
@@ -153,18 +161,18 @@ class Handlers:
         if token and opts.watch:
             raise status.bad_request("continue: Forbidden: continue is forbidden for watch")
         flt = listing.Filter(rp.namespace, opts.label, opts.field, rp.name)
-        accept = request.headers.get("Accept")
         table = None
-        if tables.wants_table(accept):
-            include = query.get("includeObject", "")
-            if include not in ("", *tables.INCLUDE_OBJECT_VALUES):
-                raise status.bad_request(f'Unable to convert to Table as requested: includeObject: Invalid value: '
-                                         f'"{include}": must be \'Metadata\', \'Object\', \'None\', or empty')
-            table = TableMode(tables.table_api_version(accept), include or "Metadata")
+        if target.table:
+            include = tables.check_include_object(query.get("includeObject", ""))
+            table = TableMode(target.api_version, include)
         if opts.watch:
-            timeout = float(opts.timeout_seconds or self.sim.default_watch_timeout)
+            if target.kind == PARTIAL_LIST:
+                # The apiserver fails to encode the first event as a list and ends the stream.
+                raise partial.object_is_not_a_list(res)
+            # timeoutSeconds absent or 0: the server's limit, jittered as --min-request-timeout is.
+            timeout = float(opts.timeout_seconds or self.sim.default_watch_timeout * (1 + random.random()))
             wreq = WatchRequest(res, flt, opts.resource_version, opts.send_initial_events, opts.allow_bookmarks,
-                                timeout, table)
+                                timeout, table, target.api_version if target.kind == PARTIAL else "")
             return await self._watch(request, wreq)
         page = await self._list(res, flt, opts.resource_version, opts.resource_version_match, opts.limit, token)
         if table is not None:
@@ -173,6 +181,10 @@ class Handlers:
             if page.continue_token:
                 doc["metadata"]["continue"] = page.continue_token
             return json_response(orjson.dumps(doc))
+        if target.kind == PARTIAL:
+            raise partial.list_is_not_an_object(res)
+        if target.kind == PARTIAL_LIST:
+            return json_response(listing.partial_list_bytes(page, target.api_version))
         return json_response(listing.list_bytes(res, page))
 
     async def _list(self, res: Resource, flt: listing.Filter, rv: int | None, match: str, limit: int,
@@ -189,13 +201,16 @@ class Handlers:
             if rv == 0 and not self.sim.paginate_rv0:
                 limit = 0  # served "from the watch cache": the apiserver ignores limit for RV=0
             state, rv = rs.objects, store.rv
+        elif match == "Exact" or (match == "" and limit):
+            # Exact reads go to etcd, which answers a future revision at once: 504 without a
+            # retry hint (etcd3 store GetList, ErrFutureRev).
+            if rv > store.rv:
+                raise status.too_large_rv(rv, store.rv, retry_after=0)
+            state = listing.exact_state(rs, rv, store.rv, listing.LIST_TOO_OLD)
         else:
             if not await self.sim.wait_rv(rv):
                 raise status.too_large_rv(rv, store.rv)
-            if match == "Exact" or (match == "" and limit):
-                state = listing.exact_state(rs, rv, store.rv, listing.LIST_TOO_OLD)
-            else:
-                state, rv = rs.objects, store.rv
+            state, rv = rs.objects, store.rv
         keys = rs.sorted_keys() if state is rs.objects else sorted(state)
         return listing.paginate(state, keys, rv, flt, limit, start)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import orjson
 
 from apisim.store import Entry, HistoryExpired, ResourceStore
-from kubeapi import status
+from kubeapi import partial, status
 from kubeapi.resources import Resource
 from kubeapi.selectors import FieldSelector, LabelSelector
 
@@ -112,12 +112,23 @@ def paginate(state: Mapping[str, Entry], keys: list[str], rv: int, flt: Filter, 
     return page
 
 
-def list_bytes(resource: Resource, page: Page) -> bytes:
+def _list_meta(page: Page) -> dict[str, object]:
     meta: dict[str, object] = {"resourceVersion": str(page.rv)}
     if page.continue_token:
         meta["continue"] = page.continue_token
         if page.remaining is not None:
             meta["remainingItemCount"] = page.remaining
+    return meta
+
+
+def partial_list_bytes(page: Page, api_version: str) -> bytes:
+    """The page as a PartialObjectMetadataList (metadata informers), with the page's ListMeta."""
+    return partial.partial_list_bytes(api_version, _list_meta(page),
+                                      (partial.partial_bytes(e.raw, api_version) for e in page.items))
+
+
+def list_bytes(resource: Resource, page: Page) -> bytes:
+    meta = _list_meta(page)
     head = b'{"kind":"%s","apiVersion":"%s","metadata":%s,"items":[' % (
         resource.list_kind.encode(), resource.api_version.encode(), orjson.dumps(meta))
     return head + b",".join(e.raw for e in page.items) + b"]}"

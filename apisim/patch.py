@@ -7,10 +7,13 @@ and field edits tests and kubectl make, without schema-driven list merging.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from kubeapi import status
 from kubeapi.status import StatusError
+
+_INDEX = re.compile(r"0|[1-9][0-9]*")  # RFC 6901 array index
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -44,8 +47,9 @@ def _pointer(path: str) -> list[str]:
 def _index(container: list[Any], token: str, *, allow_end: bool) -> int:
     if token == "-" and allow_end:
         return len(container)
-    if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
-        raise _failed(f"invalid array index {token!r}")
+    # ASCII digits only: str.isdigit() is true for "²" (which int() then rejects) and int() reads "١٢".
+    if _INDEX.fullmatch(token) is None:
+        raise _failed(f"invalid array index {token[:64]!r}")
     i = int(token)
     if i > len(container) or (i == len(container) and not allow_end):
         raise _failed(f"array index {i} out of bounds")

@@ -44,7 +44,8 @@ class Simulator:
 
     ``bookmark_interval``: seconds between BOOKMARKs (the apiserver uses ~60).
     ``too_large_wait``: how long a too-new resourceVersion waits before 504 (apiserver: 3 s).
-    ``default_watch_timeout``: watch duration without ``timeoutSeconds`` (apiserver: 1800-3600 s).
+    ``default_watch_timeout``: watch duration without ``timeoutSeconds`` (or with 0), jittered to [t, 2t)
+        as the apiserver jitters --min-request-timeout (1800 s: 30-60 min).
     ``paginate_rv0``: honour ``limit`` for resourceVersion=0 lists (classic apiservers ignore it).
     ``tls``: serve HTTPS with this context (``apisim.authn.server_tls_context``); a client
     certificate it verifies authenticates the request.

@@ -17,6 +17,7 @@ from aiohttp import web
 from apisim.listing import Filter
 from apisim.store import Entry, Event, HistoryExpired, Notifier, Store, encode, with_type
 from kubeapi import status, tables
+from kubeapi.partial import partial_object
 from kubeapi.resources import Resource
 from kubeapi.status import StatusError
 from kubeapi.types import JSONDict
@@ -65,6 +66,8 @@ class WatchRequest:
     allow_bookmarks: bool
     timeout: float
     table: TableMode | None = None
+    # Non-empty: every event object is a PartialObjectMetadata in this apiVersion.
+    partial: str = ""
 
 
 def _line(etype: str, obj_bytes: bytes) -> bytes:
@@ -76,20 +79,24 @@ def error_line(err: StatusError) -> bytes:
 
 
 class Encoder:
-    """Turns stored entries into watch lines, as JSON objects or as one-row Tables."""
+    """Turns stored entries into watch lines: JSON objects, one-row Tables, or
+    PartialObjectMetadata (``partial``: its apiVersion)."""
 
-    def __init__(self, resource: Resource, table: TableMode | None) -> None:
+    def __init__(self, resource: Resource, table: TableMode | None, partial: str = "") -> None:
         self.resource = resource
         self.table = table
+        self.partial = partial
         self._headers_sent = False
 
     def entry(self, etype: str, entry: Entry) -> bytes:
+        if self.partial:
+            return _line(etype, orjson.dumps(partial_object(entry.obj, self.partial)))
         if self.table is None:
             return _line(etype, with_type(self.resource, entry.raw))
         return _line(etype, orjson.dumps(self._table([entry.obj])))
 
     def event(self, ev: Event) -> bytes:
-        if self.table is not None:
+        if self.table is not None or self.partial:
             return self.entry(ev.type, ev.entry)
         if ev.line is None:
             ev.line = self.entry(ev.type, ev.entry)
@@ -106,9 +113,11 @@ class Encoder:
         meta: JSONDict = {"resourceVersion": str(rv)}
         if initial_end:
             meta["annotations"] = {INITIAL_EVENTS_END: "true"}
-        if self.table is not None:
-            obj: JSONDict = {"kind": "Table", "apiVersion": self.table.api_version, "metadata": meta,
-                             "columnDefinitions": None, "rows": None}
+        if self.partial:
+            obj: JSONDict = partial_object({"metadata": meta}, self.partial)
+        elif self.table is not None:
+            obj = {"kind": "Table", "apiVersion": self.table.api_version, "metadata": meta,
+                   "columnDefinitions": None, "rows": None}
         else:
             obj = {"kind": self.resource.kind, "apiVersion": self.resource.api_version, "metadata": meta}
         return _line("BOOKMARK", orjson.dumps(obj))
@@ -155,7 +164,7 @@ async def run_watch(resp: web.StreamResponse, store: Store, ctl: WatchControl, r
     loop = asyncio.get_running_loop()
     deadline = loop.time() + req.timeout
     rs = store.of(req.resource)
-    enc = Encoder(req.resource, req.table)
+    enc = Encoder(req.resource, req.table, req.partial)
     rv = req.resource_version
 
     if rv:

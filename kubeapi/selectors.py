@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeapi import status
+from kubeapi.strconv import NumError, parse_int
 
 _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
@@ -40,9 +41,9 @@ class Requirement:
             return not present or value not in self.values
         if not present:
             return False
-        try:
-            have, want = int(value), int(self.values[0])
-        except ValueError:
+        try:  # strconv.ParseInt, as labels.Requirement.Matches: "1_0" or "١٢" is no number
+            have, want = parse_int(value), parse_int(self.values[0])
+        except NumError:
             return False
         return have > want if op == "gt" else have < want
 
@@ -166,8 +167,8 @@ def parse_label_selector(selector: str) -> LabelSelector:
             value = m["value"]
             if op in ("lt", "gt"):
                 try:
-                    int(value)
-                except ValueError:
+                    parse_int(value)
+                except NumError:
                     raise _label_error(selector, f"for 'Gt', 'Lt' operators, the value must be an integer: "
                                                  f"{value[:64]!r}") from None
             else:

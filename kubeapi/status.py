@@ -75,14 +75,20 @@ def expired(message: str) -> StatusError:
     return StatusError(failure(410, message, "Expired"))
 
 
-def too_large_rv(requested: int, current: int) -> StatusError:
-    """504 with cause ResourceVersionTooLarge, as the watch cache answers after waiting 3 s."""
+def too_large_rv(requested: int, current: int, retry_after: int = 1) -> StatusError:
+    """504 with cause ResourceVersionTooLarge (``storage.NewTooLargeResourceVersionError``).
+
+    The watch cache answers it after waiting 3 s, with ``retryAfterSeconds: 1``; etcd answers
+    an exact read at a future revision at once, with no retry hint (``retry_after=0``).
+    """
     details: StatusDetails = {
         "causes": [{"type": "ResourceVersionTooLarge", "message": "Too large resource version"}],
-        "retryAfterSeconds": 1,
     }
+    if retry_after:
+        details["retryAfterSeconds"] = retry_after
+    # errors.NewTimeoutError prefixes its message with "Timeout: ".
     return StatusError(
-        failure(504, f"Too large resource version: {requested}, current: {current}", "Timeout", details)
+        failure(504, f"Timeout: Too large resource version: {requested}, current: {current}", "Timeout", details)
     )
 
 

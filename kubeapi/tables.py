@@ -18,104 +18,39 @@ Behaviour copied from ``k8s.io/apiserver`` (``handlers/response.go`` ``asTable``
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubeapi import status
+from kubeapi.negotiation import negotiate
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
+from kubeapi.status import StatusError
 from kubeapi.types import JSONDict
 
 TABLE_V1 = "meta.k8s.io/v1"
 TABLE_V1BETA1 = "meta.k8s.io/v1beta1"
-_TABLE_VERSIONS = {"v1": TABLE_V1, "v1beta1": TABLE_V1BETA1}
 
 INCLUDE_OBJECT_VALUES = ("None", "Metadata", "Object")
 
-# --- Accept parsing -----------------------------------------------------------------
-
-# One token or one quoted string; commas and semicolons inside quotes do not split.
-_PIECE = re.compile(r'"(?:[^"\\]|\\.)*"|[^,;"]+|[,;]')
-
-
-def _split_ranges(accept: str) -> list[list[str]]:
-    """Split an Accept header into media ranges, each a list of ``;``-separated parts."""
-    ranges: list[list[str]] = []
-    parts: list[str] = []
-    current = ""
-    for m in _PIECE.finditer(accept):
-        tok = m.group(0)
-        if tok == ";":
-            parts.append(current)
-            current = ""
-        elif tok == ",":
-            parts.append(current)
-            ranges.append(parts)
-            parts, current = [], ""
-        else:
-            current += tok
-    parts.append(current)
-    ranges.append(parts)
-    return ranges
-
-
-def _unquote(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
-def _parse_accept(accept: str | None) -> list[tuple[str, dict[str, str]]]:
-    """Media ranges as (lower-case type/subtype, lower-case-named params), best q first.
-
-    Ranges with q=0 are dropped: they say "not acceptable". Equal q keeps header order
-    (a stable sort), which is what "first in Accept order" needs.
-    """
-    if not accept:
-        return []
-    parsed: list[tuple[float, str, dict[str, str]]] = []
-    for parts in _split_ranges(accept):
-        media = parts[0].strip().lower()
-        if not media:
-            continue
-        params: dict[str, str] = {}
-        for p in parts[1:]:
-            name, sep, value = p.partition("=")
-            if sep:
-                params[name.strip().lower()] = _unquote(value)
-        try:
-            q = float(params.pop("q", "1"))
-        except ValueError:
-            q = 1.0
-        if q <= 0:
-            continue
-        parsed.append((q, media, params))
-    parsed.sort(key=lambda t: -t[0])
-    return [(media, params) for _, media, params in parsed]
-
-
-def _table_version_of(media: str, params: dict[str, str]) -> str | None:
-    if media != "application/json":
-        return None
-    if params.get("as", "").lower() != "table" or params.get("g", "").lower() != "meta.k8s.io":
-        return None
-    return _TABLE_VERSIONS.get(params.get("v", "").lower())
+# --- Accept -------------------------------------------------------------------------
 
 
 def wants_table(accept: str | None) -> bool:
-    """Whether any acceptable media range asks for a JSON ``meta.k8s.io`` Table."""
-    return any(_table_version_of(media, params) for media, params in _parse_accept(accept))
+    """Whether the negotiated answer (``kubeapi.negotiation``) is a ``meta.k8s.io`` Table."""
+    try:
+        return negotiate(accept).table
+    except StatusError:
+        return False
 
 
 def table_api_version(accept: str | None) -> str:
-    """apiVersion of the Table to answer with: the first acceptable one, else v1."""
-    for media, params in _parse_accept(accept):
-        version = _table_version_of(media, params)
-        if version:
-            return version
-    return TABLE_V1
+    """apiVersion of the Table to answer with: the negotiated one, else v1."""
+    try:
+        target = negotiate(accept)
+    except StatusError:
+        return TABLE_V1
+    return target.api_version if target.table else TABLE_V1
 
 
 # --- Age ----------------------------------------------------------------------------
@@ -495,6 +430,18 @@ def _row_object(resource: Resource, obj: JSONDict, include_object: str, api_vers
     return {"kind": "PartialObjectMetadata", "apiVersion": api_version, "metadata": _d(obj.get("metadata"))}
 
 
+def check_include_object(include_object: str) -> str:
+    """The TableOptions check the apiserver makes before any row is built; "" means Metadata."""
+    if include_object == "":
+        return "Metadata"
+    if include_object not in INCLUDE_OBJECT_VALUES:
+        raise status.bad_request(
+            f'Unable to convert to Table as requested: includeObject: Invalid value: "{include_object[:64]}": '
+            "must be 'Metadata', 'Object', 'None', or empty"
+        )
+    return include_object
+
+
 def render_table(
     resource: Resource,
     objs: Sequence[JSONDict],
@@ -511,13 +458,7 @@ def render_table(
     single object's own resourceVersion is used instead. ``with_headers=False`` renders
     a later watch event (``columnDefinitions: null``).
     """
-    if include_object == "":
-        include_object = "Metadata"
-    if include_object not in INCLUDE_OBJECT_VALUES:
-        raise status.bad_request(
-            f'Unable to convert to Table as requested: includeObject: Invalid value: "{include_object}": '
-            "must be 'Metadata', 'Object', 'None', or empty"
-        )
+    include_object = check_include_object(include_object)
     columns, printer = _printer(resource)
     when = now if now is not None else datetime.now(UTC)
     if when.tzinfo is None:

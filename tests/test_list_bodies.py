@@ -7,6 +7,7 @@ import gzip
 import orjson
 
 from cache.view import View
+from kubeapi.negotiation import AS_IS
 from kubeapi.resources import SERVICES
 from kubeapi.selectors import parse_label_selector
 from wrapper.query import ListOptions
@@ -47,7 +48,7 @@ def test_bodies_of_an_older_version_are_dropped_when_the_view_changes() -> None:
     assert names(body) == ["a"]
     version, bodies = _LIST_CACHE[v]
     assert version == (v.resets, v.head(), v.rv)
-    assert list(bodies) == [(None, app_x.label, None)], "the previous version's bodies are gone"
+    assert list(bodies) == [(None, app_x.label, None, AS_IS)], "the previous version's bodies are gone"
 
 
 def test_large_bodies_are_gzipped_once_and_decompress_to_the_plain_body() -> None:

@@ -13,9 +13,11 @@ from aiohttp.http_exceptions import BadHttpMessage
 from cache.upstream import UpstreamClient
 from cache.view import View
 from kubeapi import status
+from kubeapi.negotiation import negotiate
 from kubeapi.resources import match_path
 from kubeapi.status import StatusError
 from wrapper.authz import ClientAuthorizer
+from wrapper.failures import FAILURES, FailureLog, failures_of
 from wrapper.lending import check_lending
 from wrapper.passthrough import forward
 from wrapper.paths import parse_target
@@ -105,6 +107,8 @@ class Front:
         rp = match_path(path)
         if rp is not None and rp.subresource is None and request.method in ("GET", "HEAD"):
             view = self.views[rp.resource.plural]
+            # As the apiserver's handlers: the media type first (406), then the query (400, 422).
+            form = negotiate(request.headers.get("Accept"))
             opts = parse_list_options(request.query, rp.resource)
             if self.authorizer is not None:
                 verb = "get" if rp.name is not None else "watch" if opts.watch else "list"
@@ -114,10 +118,10 @@ class Front:
                 if opts.watch:
                     raise status.bad_request("watch on a single object path is not supported; "
                                              "use a fieldSelector of metadata.name")
-                return await serve_get(request, view, self.settings, rp.namespace, rp.name)
+                return await serve_get(request, view, self.settings, rp.namespace, rp.name, form)
             if opts.watch:
-                return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry)
-            return await serve_list(request, view, opts, self.settings, rp.namespace)
+                return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry, form)
+            return await serve_list(request, view, opts, self.settings, rp.namespace, form)
         if self.upstream is None:
             raise status.not_found("", "", path)
         if "Authorization" in request.headers:
@@ -144,15 +148,17 @@ class Front:
 
 @web.middleware
 async def _no_tracebacks(request: web.Request, handler: Callable[[web.Request], object]) -> web.StreamResponse:
+    """A bug answers a Status 500 and is logged without a traceback per request (FailureLog)."""
     try:
         resp = await handler(request)  # type: ignore[misc]
         assert isinstance(resp, web.StreamResponse)
         return resp
     except web.HTTPException:
         raise
-    except Exception:
-        log.exception("internal error serving %s %s", request.method, request.path_qs[:300])
-        st = status.failure(500, "internal error in application-grid-wrapper; see its log", "InternalError")
+    except Exception as exc:
+        failures_of(request).record(exc, f"{request.method} {request.path_qs[:300]}")
+        st = status.failure(500, "Internal error occurred: application-grid-wrapper could not serve this request; "
+                            "see its log", "InternalError")
         return web.Response(body=orjson.dumps(st), status=500, content_type="application/json")
 
 
@@ -173,6 +179,7 @@ def build_app(
                           handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[VIEWS] = views
     app[REGISTRY] = front.registry
+    app[FAILURES] = FailureLog()
     app.router.add_route("*", "/{tail:.*}", front.handle)
     app.on_shutdown.append(front.on_shutdown)
     return app

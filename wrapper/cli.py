@@ -26,6 +26,7 @@ from cache.informers import Informers
 from cache.reflector import ReflectorSettings
 from cache.snapshot import Identity, Persister, restore
 from cache.upstream import ConfigError, UpstreamClient
+from kubeapi.strconv import parse_decimal
 from wrapper.app import ReadyCheck, build_app
 from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS, ClientAuthorizer
 from wrapper.debug import Debug
@@ -53,7 +54,8 @@ class StartupError(Exception):
 
 def parse_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    # isascii: str.isdigit() is true for "²" and Arabic-Indic digits, which int() reads or rejects.
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
@@ -73,6 +75,11 @@ def _positive_float(value: str) -> float:
     if not 0 < number < float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
     return number
+def positive_seconds(value: str) -> float:
+    seconds = parse_decimal(value)
+    if seconds is None or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -111,6 +118,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=_positive(int), default=defaults.max_connections,
                    help="open connections per listener; more get 429 TooManyRequests with Retry-After "
                    f"(default {defaults.max_connections})")
+    p.add_argument("--watch-write-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+                   help="cut off a watching client that accepts nothing for this long (default 30)")
     p.add_argument("--bookmark-interval", type=float, default=60.0, help=argparse.SUPPRESS)
 
 
@@ -365,7 +374,8 @@ async def serve_main(args: argparse.Namespace) -> None:
         raise StartupError(str(exc), 2) from exc
     check_exposure(args, tls is not None)
     running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
-                                  serve=ServeSettings(bookmark_interval=args.bookmark_interval),
+                                  serve=ServeSettings(bookmark_interval=args.bookmark_interval,
+                                                      write_timeout=args.watch_write_timeout),
                                   debug=args.debug_bind_address, profiling=args.profiling,
                                   cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                                   snapshot_interval=args.snapshot_interval,

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubeapi import status
 from kubeapi.status import StatusError
+from kubeapi.strconv import parse_decimal
 from wrapper.serving import WatchRegistry, status_response
 
 if TYPE_CHECKING:
@@ -113,10 +114,9 @@ class Debug:
 
     async def profile(self, request: web.Request) -> web.Response:
         raw = request.query.get("seconds", "30")
-        try:
-            seconds = float(raw)
-        except ValueError:
-            raise status.bad_request(f"seconds: {raw[:32]!r} is not a number") from None
+        seconds = parse_decimal(raw)  # ASCII only: float() reads "١٢", "1_0" and "nan"
+        if seconds is None:
+            raise status.bad_request(f"seconds: {raw[:32]!r} is not a number")
         if not 0 < seconds <= MAX_PROFILE_SECONDS:
             raise status.bad_request(f"seconds must be in (0, {MAX_PROFILE_SECONDS}], got {raw[:32]}")
         fmt = request.query.get("format", "html")

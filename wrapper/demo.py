@@ -77,7 +77,8 @@ async def demo_main(args: argparse.Namespace) -> None:
     try:
         client = UpstreamClient(sim_url)
         running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
-                                      serve=ServeSettings(bookmark_interval=args.bookmark_interval),
+                                      serve=ServeSettings(bookmark_interval=args.bookmark_interval,
+                                                          write_timeout=args.watch_write_timeout),
                                       debug=args.debug_bind_address, profiling=args.profiling,
                                       authorizer=client_authorizer(client, args),
                                       limits=connection_limits(args))

@@ -19,6 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from kubeapi.resources import match_path
+from wrapper.serving import CUT_OFF_FELL_BEHIND, CUT_OFF_WRITE_TIMEOUT
 
 if TYPE_CHECKING:
     from cache.cluster import ClusterCache
@@ -66,6 +67,13 @@ class _StateCollector(Collector):
             events_in.add_metric([name], count)
         yield events_in
         yield CounterMetricFamily(f"{NS}_events_sent", "Watch events sent to clients", value=self.watches.events_out)
+        cut = CounterMetricFamily(
+            f"{NS}_watch_clients_cut_off",
+            "Client watches the wrapper ended itself: write_timeout (accepted nothing for --watch-write-timeout; "
+            "connection aborted), fell_behind (too far behind the history; 410 Expired sent)", labels=["reason"])
+        for reason in (CUT_OFF_WRITE_TIMEOUT, CUT_OFF_FELL_BEHIND):
+            cut.add_metric([reason], self.watches.cut_off[reason])
+        yield cut
         yield CounterMetricFamily(f"{NS}_synthetic_events", "Re-filtered MODIFIED events the wrapper emitted",
                                   value=cache.synthetic_events)
         yield CounterMetricFamily(f"{NS}_refilter_runs", "Topology re-filter runs", value=cache.refilter_runs)
