@@ -614,7 +614,7 @@ async def run(s: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="agw-bench-") as tmpdir:
         tmp = Path(tmpdir)
         log("starting the upstream simulator and loading the scale cluster")
-        up_args = ["-m", "bench.upstream", "--seed", str(s.seed)]
+        up_args = ["-m", "bench.upstream", "--seed", str(s.seed), "--hostname", s.hostname]
         if s.with_endpoints:
             up_args.append("--with-endpoints")
         upstream = await spawn("upstream", up_args, s.results_dir / "upstream.log", stdout_pipe=True)

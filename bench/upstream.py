@@ -191,7 +191,10 @@ async def serve(args: argparse.Namespace) -> None:
     counts = {"objects": sim.load(seed)}
     del seed
     t_load = time.monotonic() - t0 - t_gen
+    # The empty-cluster baseline still holds the wrapper's own Node: a wrapper whose local node is
+    # missing is (rightly) not ready.
     empty = Simulator()
+    empty.load([(NODES, {"metadata": {"name": args.hostname, "labels": {"kubernetes.io/hostname": args.hostname}}})])
     up = Upstream(sim)
     url = await sim.start("127.0.0.1", 0)
     empty_url = await empty.start("127.0.0.1", 0)
@@ -236,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--endpoints", type=int, default=50000)
     p.add_argument("--with-endpoints", action="store_true", help="also create core/v1 Endpoints objects")
     p.add_argument("--history", type=int, default=20_000)
+    p.add_argument("--hostname", default="node-00000",
+                   help="the wrapper's local node, the only Node of the empty cluster")
     args = p.parse_args(argv)
     import uvloop
 
