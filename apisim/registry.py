@@ -18,7 +18,7 @@ from apisim import errors
 from apisim.patch import apply_patch
 from apisim.store import Entry, Store
 from kubeapi import status
-from kubeapi.resources import ENDPOINTSLICES, SERVICES, Resource
+from kubeapi.resources import ENDPOINTSLICES, SERVICES, Resource, key_of
 from kubeapi.types import JSONDict
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -34,10 +34,6 @@ def now_rfc3339() -> str:
 def copy_json(obj: Any) -> Any:
     """Deep copy through orjson: fast, and rejects values that are not JSON."""
     return orjson.loads(orjson.dumps(obj))
-
-
-def key_of(namespace: str | None, name: str) -> str:
-    return f"{namespace}/{name}" if namespace else name
 
 
 def _content(obj: JSONDict) -> JSONDict:

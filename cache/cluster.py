@@ -19,10 +19,11 @@ from typing import Any
 
 import orjson
 
-from cache.view import DEFAULT_HISTORY_BYTES, Entry, HistoryBudget, View, rv_of, selectable, stamp
+from cache.view import DEFAULT_HISTORY_BYTES, Entry, HistoryBudget, View, selectable, stamp
 from filters.keys import MalformedKeys, TopologyKeys, parse_topology_keys
 from filters.topology import TopologyContext, filter_endpoint_slices, filter_endpoints
-from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
+from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource, key_of, object_key
+from kubeapi.rv import rv_of
 from kubeapi.types import Endpoints, EndpointSlice, JSONDict
 
 log = logging.getLogger(__name__)
@@ -72,16 +73,10 @@ class _Raw:
     listed: bool = False
 
 
-def _key(obj: JSONDict) -> str:
-    meta = obj["metadata"]
-    ns = meta.get("namespace")
-    return f"{ns}/{meta['name']}" if ns else str(meta["name"])
-
-
 def _service_of_slice(obj: JSONDict) -> str | None:
     meta = obj.get("metadata") or {}
     name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    return f"{meta.get('namespace', '')}/{name}" if name else None
+    return key_of(meta.get("namespace"), name) if name else None
 
 
 def _nodes_of_slice(obj: JSONDict) -> frozenset[str]:
@@ -153,7 +148,7 @@ class ClusterCache:
             if all(r.listed for r in self._raw.values()):
                 self._build()
             return
-        new = {_key(o): o for o in items}
+        new = {object_key(o): o for o in items}
         old = raw.objects
         # Deletions go first, carrying the view's RV as it was (the list does not say when they
         # happened); then changed objects in their own resourceVersion order, carrying their real
@@ -199,8 +194,8 @@ class ClusterCache:
         if not self.ready:
             # Still loading: the first full build computes everything at once.
             if type_ == "DELETED":
-                raw.objects.pop(_key(obj), None)
-                raw.loaded.pop(_key(obj), None)
+                raw.objects.pop(object_key(obj), None)
+                raw.loaded.pop(object_key(obj), None)
             else:
                 self._load(resource, obj)
             raw.rv = max(raw.rv, rv)
@@ -241,7 +236,7 @@ class ClusterCache:
     def slices_of(self, svc_key: str, fresh: JSONDict | None = None) -> list[EndpointSlice]:
         """The upstream slices of one Service, decoded (``fresh``: one just received, not yet stored)."""
         raw = self._raw[ENDPOINTSLICES.plural].objects
-        fresh_key = _key(fresh) if fresh is not None else None
+        fresh_key = object_key(fresh) if fresh is not None else None
         out: list[EndpointSlice] = []
         for k in sorted(self._slices_by_service.get(svc_key, ())):
             out.append(fresh if k == fresh_key else raw[k].obj())  # type: ignore[arg-type]
@@ -251,7 +246,7 @@ class ClusterCache:
 
     def _load(self, resource: Resource, obj: JSONDict) -> None:
         """Before the first sync: keep an object as bytes plus what ``_build`` will need."""
-        key = _key(obj)
+        key = object_key(obj)
         meta = obj.get("metadata") or {}
         nodes: frozenset[str] = frozenset()
         if resource is ENDPOINTSLICES:
@@ -339,7 +334,7 @@ class ClusterCache:
 
     def _apply(self, resource: Resource, type_: str, obj: JSONDict, rv: int) -> None:
         raw = self._raw[resource.plural].objects
-        key = _key(obj)
+        key = object_key(obj)
         old = raw.get(key)
         deleted = type_ == "DELETED"
         if deleted:
@@ -539,10 +534,10 @@ class ClusterCache:
         slices = self.slices_of(svc_key, fresh)
         if not isinstance(keys, TopologyKeys):
             self.topology_counts.pop(svc_key, None)
-            return {_key(s): s for s in slices}  # type: ignore[misc,arg-type]
+            return {object_key(s): s for s in slices}  # type: ignore[misc]
         decision = filter_endpoint_slices(self.context(), keys, slices, detail=False)
         self.topology_counts[svc_key] = (decision.kept, decision.dropped)
-        return {_key(s): s for s in decision.slices}  # type: ignore[misc,arg-type]
+        return {object_key(s): s for s in decision.slices}  # type: ignore[misc]
 
     def _filtered_endpoints(self, key: str, obj: JSONDict) -> JSONDict:
         keys = self.service_keys.get(key)

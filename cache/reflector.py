@@ -30,6 +30,8 @@ import orjson
 
 from cache.upstream import USER_AGENT, UpstreamClient
 from kubeapi.resources import Resource
+from kubeapi.rv import InvalidResourceVersion, parse_rv
+from kubeapi.strconv import NumError, parse_uint
 from kubeapi.types import JSONDict
 from kubeapi.validation import valid_object
 
@@ -107,9 +109,10 @@ def is_rv_rejection(http_status: int, status: JSONDict) -> bool:
 
 
 def _parse_rv(value: object) -> int:
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    raise _Untrusted(f"bad resourceVersion {value!r}")
+    try:
+        return parse_rv(value)
+    except InvalidResourceVersion as exc:
+        raise _Untrusted(f"bad resourceVersion: {exc}") from None
 
 
 # Told (reflector, RV it had, lower RV a list returned) when the upstream's RVs went back.
@@ -208,7 +211,7 @@ class Reflector:
             raise UpstreamError(
                 f"HTTP {resp.status}: {status.get('message') or body[:200]!r}",
                 status=resp.status,
-                retry_after=float(retry) if retry.isdigit() else 0.0,
+                retry_after=_retry_after(retry),
             )
         return resp
 
@@ -359,6 +362,14 @@ def _list_items(pages: list[bytes], resource: Resource) -> Iterator[JSONDict]:
 
 def _valid_object(resource: Resource, obj: object) -> bool:
     return valid_object(resource, obj)
+
+
+def _retry_after(header: str) -> float:
+    """Retry-After in delay-seconds (ASCII digits); anything else (an HTTP date, garbage) is no hint."""
+    try:
+        return float(min(parse_uint(header.strip()), 3600))
+    except NumError:
+        return 0.0
 
 
 def _status_of(body: bytes) -> JSONDict:

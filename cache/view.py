@@ -32,7 +32,8 @@ from typing import Any
 
 import orjson
 
-from kubeapi.resources import Resource
+from kubeapi.resources import Resource, object_key
+from kubeapi.rv import rv_of
 from kubeapi.types import JSONDict
 
 
@@ -131,13 +132,6 @@ def selectable(resource: Resource, obj: JSONDict) -> JSONDict:
     return out
 
 
-def rv_of(obj: JSONDict) -> int:
-    try:
-        return int(obj["metadata"]["resourceVersion"])
-    except (KeyError, TypeError, ValueError):
-        return 0
-
-
 def stamp(obj: JSONDict, rv: int) -> JSONDict:
     """A shallow copy of ``obj`` whose metadata.resourceVersion is ``rv``."""
     meta = dict(obj.get("metadata") or {})
@@ -215,7 +209,7 @@ class View:
     def reset(self, objects: Iterable[JSONDict], rv: int) -> None:
         """Load a full state of decoded objects without events (the cache itself builds its
         entries and calls ``load``)."""
-        self.load({_key(obj): self.entry(obj) for obj in objects}, rv)
+        self.load({object_key(obj): self.entry(obj) for obj in objects}, rv)
 
     def load(self, entries: dict[str, Entry], rv: int, *, new_timeline: bool = False) -> None:
         """Load a full state without events: the first sync, or a snapshot at start-up.
@@ -257,11 +251,11 @@ class View:
         current = self.rv
         target = max(rv, current)
         # Deletions of objects the view does not hold make no event, and must not be "last".
-        batch = [(t, o) for t, o in changes if t != "DELETED" or _key(o) in self.objects]
+        batch = [(t, o) for t, o in changes if t != "DELETED" or object_key(o) in self.objects]
         last = len(batch) - 1
         for i, (type_, obj) in enumerate(batch):
             ev_rv = target if i == last else current
-            key = _key(obj)
+            key = object_key(obj)
             old = self.objects.get(key)
             if type_ == "DELETED":
                 assert old is not None
@@ -511,9 +505,3 @@ def _release(fut: asyncio.Future[None]) -> None:
 
 def _ev_rv(ev: Event) -> int:
     return ev.rv
-
-
-def _key(obj: JSONDict) -> str:
-    meta = obj["metadata"]
-    ns = meta.get("namespace")
-    return f"{ns}/{meta['name']}" if ns else str(meta["name"])

@@ -17,8 +17,9 @@ import orjson
 
 from kubeapi import status
 from kubeapi.resources import Resource
+from kubeapi.rv import InvalidResourceVersion, parse_rv
 from kubeapi.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
-from kubeapi.strconv import NumError, go_quote, parse_int, parse_uint
+from kubeapi.strconv import NumError, go_quote, parse_int
 
 MAX_TIMEOUT_SECONDS = 6 * 3600
 
@@ -69,8 +70,8 @@ def parse_resource_version(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
     try:
-        return parse_uint(raw)
-    except NumError as err:
+        return parse_rv(raw)
+    except InvalidResourceVersion as err:
         raise status.bad_request(f"resourceVersion: Invalid value: {go_quote(raw)}: {err}") from None
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +92,16 @@ def match_path(path: str) -> ResourcePath | None:
     return ResourcePath(res, ns, m.group("name"), m.group("sub"))
 
 
-def object_key(obj: dict[str, object]) -> str:
-    """Cache key ``namespace/name`` (or ``name`` for cluster-scoped objects)."""
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict):
-        raise ValueError("object has no metadata")
-    name = meta.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError("object has no metadata.name")
-    ns = meta.get("namespace")
-    return f"{ns}/{name}" if isinstance(ns, str) and ns else name
+def key_of(namespace: str | None, name: str) -> str:
+    """The cache key of an object: ``namespace/name``, or ``name`` for cluster-scoped objects."""
+    return f"{namespace}/{name}" if namespace else name
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """The cache key of a decoded object (see ``key_of``).
+
+    Objects reach the cache only through ``kubeapi.validation`` (upstream, snapshot), so their
+    ``metadata.name`` is a non-empty string; anything else raises KeyError or TypeError here.
+    """
+    meta = obj["metadata"]
+    return key_of(meta.get("namespace"), meta["name"])

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
+from kubeapi.rv import InvalidResourceVersion, parse_rv
 
 MAX_NAME = 253  # DNS subdomain, the longest name any of the four kinds may have
 MAX_NAMESPACE = 63  # a namespace name is a DNS label
@@ -45,10 +46,10 @@ _LABEL = re.compile(_DNS_LABEL)
 
 def parse_resource_version(value: object) -> int | None:
     """The integer of a resourceVersion string (decimal ASCII, uint64), or None."""
-    if not isinstance(value, str) or not 0 < len(value) <= 20 or not value.isascii() or not value.isdigit():
+    try:
+        return parse_rv(value)
+    except InvalidResourceVersion:
         return None
-    rv = int(value)
-    return rv if rv <= MAX_RESOURCE_VERSION else None
 
 
 def _name_problem(value: object, what: str, limit: int, grammar: re.Pattern[str]) -> str | None:

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from filters.keys import MAX_KEYS, MalformedKeys, TopologyKeys, parse_topology_keys
 from filters.topology import TopologyContext, filter_endpoint_slices
+from kubeapi.listoptions import parse_list_options
 from kubeapi.resources import ALL
 from kubeapi.status import StatusError
-from wrapper.query import parse_list_options
 
 EXAMPLES = int(os.environ.get("AGW_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

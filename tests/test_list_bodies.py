@@ -7,10 +7,10 @@ import gzip
 import orjson
 
 from cache.view import View
+from kubeapi.listoptions import ListOptions
 from kubeapi.negotiation import AS_IS
 from kubeapi.resources import SERVICES
 from kubeapi.selectors import parse_label_selector
-from wrapper.query import ListOptions
 from wrapper.serving import _LIST_CACHE, GZIP_MIN_BYTES, _list_body, predicate
 
 

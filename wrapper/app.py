@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from cache.upstream import UpstreamClient
 from cache.view import View
 from kubeapi import status
+from kubeapi.listoptions import parse_list_options
 from kubeapi.negotiation import negotiate
 from kubeapi.resources import match_path
 from kubeapi.status import StatusError
@@ -21,7 +22,6 @@ from wrapper.failures import FAILURES, FailureLog, failures_of
 from wrapper.lending import check_lending
 from wrapper.passthrough import forward
 from wrapper.paths import parse_target
-from wrapper.query import parse_list_options
 from wrapper.serving import ServeSettings, WatchRegistry, serve_get, serve_list, serve_watch, status_response
 
 log = logging.getLogger(__name__)

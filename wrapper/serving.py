@@ -22,11 +22,12 @@ from aiohttp import web
 
 from cache.view import Entry, Event, Expired, View, stamp
 from kubeapi import partial, status, tables
+from kubeapi.listoptions import ListOptions
 from kubeapi.negotiation import AS_IS, PARTIAL, PARTIAL_LIST, Target, accepts_gzip
+from kubeapi.resources import key_of
 from kubeapi.status import StatusError
 from kubeapi.types import JSONDict
 from wrapper.failures import failures_of
-from wrapper.query import ListOptions
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ async def serve_get(
     target: Target = AS_IS,
 ) -> web.StreamResponse:
     await wait_synced(view, settings)
-    key = f"{namespace}/{name}" if namespace else name
+    key = key_of(namespace, name)
     entry = view.objects.get(key)
     res = view.resource
     if entry is None:
