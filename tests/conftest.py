@@ -12,7 +12,7 @@ from apisim.server import Simulator
 from cache.reflector import ReflectorSettings
 from cache.upstream import UpstreamClient
 from tests.support.stack import running_simulator, wait_ready
-from wrapper.cli import Running, start_wrapper, stop_wrapper
+from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
 LOCAL_NODE = "bj-1"

@@ -25,7 +25,8 @@ from kubeapi.resources import ENDPOINTSLICES
 from kubeapi.status import StatusError
 from tests.conftest import LOCAL_NODE, fast_settings, wait_ready
 from wrapper.authz import ClientAuthorizer, Decision, DecisionCache, DecisionKey, TokenBucket
-from wrapper.cli import Running, build_parser, client_authorizer, start_wrapper, stop_wrapper
+from wrapper.compose import Running, client_authorizer, start_wrapper, stop_wrapper
+from wrapper.options import build_parser
 
 
 @dataclass

@@ -27,7 +27,7 @@ from tests.support.faultkit import (
     wait_for_async,
 )
 from tests.support.reflector import ReflectorModel
-from wrapper.cli import Running
+from wrapper.compose import Running
 from wrapper.serving import ServeSettings
 
 CONNECTED = "application_grid_wrapper_upstream_connected"

@@ -13,7 +13,7 @@ from apisim.seeds import Backend, endpoint_slice, service
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from tests.support.faultkit import list_items, node_names, wait_for
-from wrapper.cli import Running
+from wrapper.compose import Running
 
 # Pass-through needs the client's own credentials (the wrapper does not lend its identity).
 AUTH = {"Authorization": "Bearer test-client-token"}

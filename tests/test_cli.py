@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from wrapper.cli import build_parser, parse_address
+from wrapper.options import build_parser, parse_address
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,7 @@ from tests.support.faultkit import (
     wait_for,
     write_kubeconfig,
 )
-from wrapper.cli import Running
+from wrapper.compose import Running
 from wrapper.serving import ServeSettings
 
 REPO = str(Path(__file__).resolve().parent.parent)

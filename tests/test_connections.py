@@ -15,8 +15,9 @@ from cache.upstream import UpstreamClient
 from tests.conftest import LOCAL_NODE, fast_settings
 from tests.support.stack import wait_ready
 from tests.test_cli import assert_one_line_error, free_port, run_cli
-from wrapper.cli import Running, build_demo_parser, build_parser, start_wrapper, stop_wrapper
+from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.listener import ConnectionLimits
+from wrapper.options import build_demo_parser, build_parser
 
 SHORT = 0.3
 LONG = 120.0  # longer than any test runs: a timeout that must not be what closed the connection

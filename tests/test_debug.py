@@ -15,7 +15,7 @@ import pytest
 
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTSLICES, NODES
-from wrapper.cli import Running
+from wrapper.compose import Running
 from wrapper.logs import JSONFormatter
 
 

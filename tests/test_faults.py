@@ -37,7 +37,7 @@ from tests.support.garbage_upstream import GarbageUpstream
 from tests.support.reflector import ReflectorModel
 from tests.support.stack import running_simulator
 from wrapper.app import build_app
-from wrapper.cli import Running
+from wrapper.compose import Running
 from wrapper.serving import ServeSettings
 
 

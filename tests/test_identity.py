@@ -30,7 +30,7 @@ from kubeapi.status import StatusError
 from tests.conftest import LOCAL_NODE, fast_settings
 from tests.support.kubectl import kubectl_env
 from tests.support.stack import running_simulator, wait_ready
-from wrapper.cli import Running, start_wrapper, stop_wrapper
+from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.paths import parse_target
 
 WRAPPER_CN, WRAPPER_ORG = "application-grid-wrapper", "edge:wrappers"

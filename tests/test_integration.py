@@ -14,7 +14,7 @@ import orjson
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from tests.support.kubectl import kubectl_env, run_kubectl
-from wrapper.cli import Running
+from wrapper.compose import Running
 
 DEMO = "servicegrid-demo-svc"
 

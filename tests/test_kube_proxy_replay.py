@@ -18,7 +18,7 @@ import pytest
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTSLICES, NODES, SERVICES
 from tests.support.reflector import ReflectorModel, running_clients
-from wrapper.cli import Running
+from wrapper.compose import Running
 
 PROXY_LABELS = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
 DEMO = "servicegrid-demo-svc"

@@ -22,7 +22,7 @@ from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resour
 from tests.support.kubectl import Kubectl, find_kubectls, run_kubectl
 from tests.support.kubectl_watch import KubectlWatch
 from tests.support.oracle import filtered_state, key_of
-from wrapper.cli import Running
+from wrapper.compose import Running
 
 LOCAL = "bj-1"
 DEMO = "servicegrid-demo-svc"

@@ -15,7 +15,7 @@ from cache.upstream import UpstreamClient
 from kubeapi.resources import ALL, ENDPOINTSLICES, NODES
 from tests.support.faultkit import demo_slice, get_text, list_items, node_names, wait_for
 from tests.support.stack import wait_ready
-from wrapper.cli import start_wrapper, stop_wrapper
+from wrapper.compose import start_wrapper, stop_wrapper
 from wrapper.local_node import LocalNodeMonitor
 from wrapper.serving import ServeSettings
 

@@ -20,7 +20,7 @@ from cache.upstream import UpstreamClient
 from tests.conftest import LOCAL_NODE, fast_settings
 from tests.support.kubectl import kubectl_env
 from tests.support.scripted_upstream import LAST_CHUNK, ScriptedUpstream, chunk, head
-from wrapper.cli import Running, start_wrapper, stop_wrapper
+from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.listener import ConnectionLimits
 
 AUTH = {"Authorization": "Bearer client-token"}

@@ -17,7 +17,7 @@ from apisim.seeds import scale_cluster, service, servicegrid_demo
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTSLICES, NODES, SERVICES
 from tests.support.stack import Stack, stack
-from wrapper.cli import Running
+from wrapper.compose import Running
 
 DEMO = "servicegrid-demo-svc"
 PROTOBUF_ACCEPT = "application/vnd.kubernetes.protobuf, */*"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wrapper.cli import build_parser
+from wrapper.options import build_parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

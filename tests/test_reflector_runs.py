@@ -20,7 +20,7 @@ from tests.support.churn import Churn
 from tests.support.oracle import PROXY_LABELS, PROXY_SERVICE_FIELDS, comparable, kube_proxy_truth
 from tests.support.reflector import ReflectorModel, _Relist, running_clients
 from tests.support.stack import Stack, stack
-from wrapper.cli import Running
+from wrapper.compose import Running
 
 LOCAL = "bj-1"
 CHANGES = 400

@@ -17,8 +17,9 @@ from cache.upstream import UpstreamClient
 from kubeapi.resources import ENDPOINTSLICES, SERVICES
 from tests.conftest import LOCAL_NODE, fast_settings, wait_ready
 from wrapper.authz import ClientAuthorizer
-from wrapper.cli import Running, StartupError, build_parser, check_exposure, start_wrapper, stop_wrapper, tls_context
+from wrapper.compose import Running, StartupError, start_wrapper, stop_wrapper, tls_context
 from wrapper.lending import may_lend_identity
+from wrapper.options import build_parser, check_exposure
 
 
 @pytest.fixture(scope="module")

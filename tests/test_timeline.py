@@ -38,7 +38,7 @@ from tests.support.reflector import ReflectorModel, running_clients
 from tests.support.stack import running_simulator, stack, wait_caught_up
 from tests.test_reflector_runs import LOCAL, clients, converge
 from wrapper.app import build_app
-from wrapper.cli import Running, ready_checks
+from wrapper.compose import Running, ready_checks
 from wrapper.serving import ServeSettings
 
 RESETS = "application_grid_wrapper_upstream_timeline_resets_total"

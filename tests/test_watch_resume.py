@@ -23,7 +23,7 @@ from tests.support.kubectl import find_kubectls
 from tests.support.kubectl_watch import KubectlWatch
 from tests.support.oracle import key_of
 from tests.support.stack import stack, wait_caught_up
-from wrapper.cli import Running
+from wrapper.compose import Running
 
 LOCAL = "bj-1"
 

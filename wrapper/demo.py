@@ -14,18 +14,8 @@ import logging
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from cache.upstream import UpstreamClient
-from wrapper.cli import (
-    StartupError,
-    check_exposure,
-    client_authorizer,
-    connection_limits,
-    is_loopback,
-    start_wrapper,
-    stop_wrapper,
-    tls_context,
-    wait_for_signal,
-)
-from wrapper.serving import ServeSettings
+from wrapper.compose import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
+from wrapper.options import check_exposure, connection_limits, is_loopback, serve_settings
 
 log = logging.getLogger("application-grid-wrapper")
 
@@ -77,8 +67,7 @@ async def demo_main(args: argparse.Namespace) -> None:
     try:
         client = UpstreamClient(sim_url)
         running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
-                                      serve=ServeSettings(bookmark_interval=args.bookmark_interval,
-                                                          write_timeout=args.watch_write_timeout),
+                                      serve=serve_settings(args),
                                       debug=args.debug_bind_address, profiling=args.profiling,
                                       authorizer=client_authorizer(client, args),
                                       limits=connection_limits(args))

@@ -17,7 +17,7 @@ import orjson
 from cache.reflector import Reflector, ReflectorSettings
 from cache.upstream import UpstreamClient
 from kubeapi.resources import Resource
-from wrapper.cli import Running, start_wrapper, stop_wrapper
+from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
 LOCAL_NODE = "bj-1"

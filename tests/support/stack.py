@@ -19,7 +19,7 @@ from apisim.server import Simulator
 from cache.reflector import ReflectorSettings
 from cache.upstream import UpstreamClient
 from kubeapi.resources import ALL
-from wrapper.cli import Running, start_wrapper, stop_wrapper
+from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
 

@@ -1,0 +1,164 @@
+"""The command line's flags, for the main command and the demo, and their checks.
+
+Every value is checked when the flags are parsed (argparse prints one line and exits 2), and the
+exposure rules (no plain HTTP beyond loopback by accident) before anything listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import os
+from collections.abc import Callable
+
+from kubeapi.strconv import NumError, parse_decimal, parse_uint
+from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS
+from wrapper.compose import StartupError
+from wrapper.listener import ConnectionLimits
+from wrapper.serving import ServeSettings
+
+DEFAULT_BIND = "127.0.0.1:51006"
+DEFAULT_DEBUG_BIND = "127.0.0.1:51007"
+DEFAULT_CACHE_DIR = "/var/lib/application-grid-wrapper"
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    try:
+        port = parse_uint(port_text)
+    except NumError:
+        port = -1
+    if not sep or not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, port
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a finite number greater than 0, in ASCII digits (an int, or a plain decimal)."""
+
+    def parse(value: str) -> float:
+        number: float | None
+        if kind is int:
+            try:
+                number = parse_uint(value)
+            except NumError:
+                number = None
+        else:
+            number = parse_decimal(value)
+        if number is None:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {'whole ' if kind is int else ''}number")
+        if not (number > 0 and math.isfinite(number)):
+            raise argparse.ArgumentTypeError(f"{value!r} must be a finite number greater than 0")
+        return number
+
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bind-address", type=parse_address, default=parse_address(DEFAULT_BIND),
+                   help=f"address kube-proxy connects to (default {DEFAULT_BIND})")
+    p.add_argument("--debug-bind-address", type=parse_address, default=parse_address(DEFAULT_DEBUG_BIND),
+                   help=f"listener for /metrics and /debug/* (default {DEFAULT_DEBUG_BIND})")
+    p.add_argument("--profiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve /debug/pprof/* on the debug listener (default on)")
+    p.add_argument("--authorize-clients", action="store_true",
+                   help="check each client's bearer token with TokenReview and SubjectAccessReview before serving "
+                   "it from the cache (decisions cached briefly, and reused while offline)")
+    p.add_argument("--authorize-clients-cache-size", type=positive(int), default=DEFAULT_CACHE_SIZE,
+                   help="allowed decisions kept, least recently used out first; refusals get a quarter of it "
+                   f"(default {DEFAULT_CACHE_SIZE})")
+    p.add_argument("--authorize-clients-review-qps", type=positive(float), default=DEFAULT_REVIEW_QPS,
+                   help="token reviews per second at most; past it, tokens without a cached decision get 429 "
+                   f"(default {DEFAULT_REVIEW_QPS:g})")
+    p.add_argument("--authorize-clients-review-burst", type=positive(int), default=DEFAULT_REVIEW_BURST,
+                   help=f"token reviews at once above the rate (default {DEFAULT_REVIEW_BURST})")
+    p.add_argument("--insecure-allow-remote", action="store_true",
+                   help="allow non-loopback listeners without TLS (the debug listener never has TLS)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity (default info)")
+    p.add_argument("--log-format", default="text", choices=["text", "json"], help="log format (default text)")
+    p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-private-key-file", help="private key for --tls-cert-file (PEM)")
+    p.add_argument("--client-ca-file", help="require client certificates signed by this CA (mutual TLS)")
+    defaults = ConnectionLimits()
+    p.add_argument("--read-header-timeout", type=positive(float), default=defaults.header_timeout,
+                   help="close a connection whose request headers are not complete this many seconds after its "
+                   f"start, or after the first byte of a later request (default {defaults.header_timeout:g})")
+    p.add_argument("--idle-timeout", type=positive(float), default=defaults.idle_timeout,
+                   help="close a keep-alive connection idle this many seconds between requests "
+                   f"(default {defaults.idle_timeout:g})")
+    p.add_argument("--max-connections", type=positive(int), default=defaults.max_connections,
+                   help="open connections per listener; more get 429 TooManyRequests with Retry-After "
+                   f"(default {defaults.max_connections})")
+    p.add_argument("--watch-write-timeout", type=positive(float), default=30.0, metavar="SECONDS",
+                   help="cut off a watching client that accepts nothing for this long (default 30)")
+    p.add_argument("--bookmark-interval", type=float, default=60.0, help=argparse.SUPPRESS)
+
+
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    return ConnectionLimits(header_timeout=args.read_header_timeout, idle_timeout=args.idle_timeout,
+                            max_connections=int(args.max_connections))
+
+
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    return ServeSettings(bookmark_interval=args.bookmark_interval, write_timeout=args.watch_write_timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="application-grid-wrapper",
+        description="Node-local topology proxy between kube-proxy and the apiserver. "
+        "Run 'application-grid-wrapper demo' for a self-contained demo.",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig for the real apiserver (default: in-cluster config)")
+    p.add_argument("--hostname", default=os.environ.get("NODE_NAME"),
+                   help="name of the local node (default: $NODE_NAME)")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                   help=f"where the cache is persisted for restarts while offline (default {DEFAULT_CACHE_DIR}; "
+                   "empty disables)")
+    p.add_argument("--snapshot-interval", type=float, default=10.0,
+                   help="write the cache to --cache-dir at most this often, in seconds (default 10)")
+    p.add_argument("--ready-while-offline", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep /readyz ready while the apiserver is unreachable, once synced (default on); "
+                   "with --no-ready-while-offline it turns not ready after --offline-grace seconds")
+    p.add_argument("--offline-grace", type=float, default=30.0, help="see --ready-while-offline (default 30)")
+    _common(p)
+    return p
+
+
+def build_demo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="application-grid-wrapper demo",
+        description="Start an in-process apiserver simulator seeded with the ServiceGrid example "
+        "and the wrapper in front of it, as node bj-1.",
+    )
+    p.add_argument("--hostname", default="bj-1", help="local node the demo wrapper runs as (default bj-1)")
+    p.add_argument("--simulator-address", type=parse_address, default=parse_address("127.0.0.1:51008"),
+                   help="where the simulated apiserver listens (default 127.0.0.1:51008)")
+    p.add_argument("--run-seconds", type=float, default=0, help=argparse.SUPPRESS)
+    _common(p)
+    return p
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_exposure(args: argparse.Namespace, has_tls: bool) -> None:
+    """Refuse to expose kube-proxy's view or the debug pages beyond the node by accident."""
+    if args.insecure_allow_remote:
+        return
+    host = args.bind_address[0]
+    if not has_tls and not is_loopback(host):
+        raise StartupError(f"refusing to serve plain HTTP on non-loopback address {host}: give "
+                           "--tls-cert-file/--tls-private-key-file, or --insecure-allow-remote", 2)
+    if not is_loopback(args.debug_bind_address[0]):
+        raise StartupError(f"refusing to serve the debug listener on non-loopback address "
+                           f"{args.debug_bind_address[0]} without --insecure-allow-remote", 2)
+
+
