@@ -22,7 +22,10 @@ HOSTNAME = "kubernetes.io/hostname"
 ZONE = "topology.kubernetes.io/zone"
 SUPEREDGE_TOPOLOGY = "topologyKeys"
 OPENYURT_TOPOLOGY = "openyurt.io/topologyKeys"
-NODEPOOL = "apps.openyurt.io/nodepool"
+NODEPOOL = "apps.openyurt.io/nodepool"  # the node label OpenYurt puts on every pool member
+# The annotation value OpenYurt documents for "same node pool" (openyurt.io/topologyKeys); the label
+# key above is not a valid value.
+OPENYURT_SAME_POOL = "openyurt.io/nodepool"
 HEADLESS = "service.kubernetes.io/headless"
 
 
@@ -177,7 +180,7 @@ def openyurt_demo() -> SeedList:
         out.append((NODES, node(name, ip, labels, cidr)))
     out += _kubernetes_service("10.96.0.1", "172.18.0.2")
     ud1 = service("default", "svc-ud1", "10.96.120.11", 80, 9376, selector={"app": "united-deployment1"},
-                  annotations={OPENYURT_TOPOLOGY: NODEPOOL})
+                  annotations={OPENYURT_TOPOLOGY: OPENYURT_SAME_POOL})
     out += _with_backends(ud1, [
         Backend("10.244.2.3", "kind-worker", pod="united-deployment1-hangzhou-fv6th-66ff6fd958-f2694"),
         Backend("10.244.2.2", "kind-worker", pod="united-deployment1-hangzhou-fv6th-66ff6fd958-twf95"),

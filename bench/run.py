@@ -748,8 +748,16 @@ def rows_of(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else None)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="The edge-scale benchmark: loads a reproducible cluster (1,000 nodes, 5,000 Services, 50,000 "
+        "endpoints) into the apiserver simulator, starts the wrapper against it as a separate process, and "
+        "measures time to ready, memory, full-list latency, event latency, re-filter storms and sustained ingest. "
+        "Each figure is printed beside a baseline measured in the same run and its target (met / not met).",
+        epilog="A full run takes about 3 minutes on 2 cores, --quick about 1 minute. Logs, profiles and the JSON "
+        "figures go to --results-dir.",
+    )
     p.add_argument("--quick", action="store_true", help="short phases (under 60 s)")
     p.add_argument("--json", type=Path, help="write the figures as JSON here (default: bench/results/<time>.json)")
     p.add_argument("--seed", type=int, default=1, help="scale cluster seed (default 1)")
@@ -758,7 +766,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-endpoints-objects", action="store_true",
                    help="do not create core/v1 Endpoints objects (only EndpointSlices)")
     p.add_argument("--results-dir", default=str(RESULTS), help="logs, profiles and JSON (default bench/results)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     s = Settings.from_args(args)
     import uvloop
 

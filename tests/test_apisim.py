@@ -545,7 +545,7 @@ def test_seeds_are_consistent() -> None:
     yurt = Simulator(openyurt_demo)
     assert len(yurt.list(NODES, label_selector="apps.openyurt.io/nodepool in (hangzhou,shanghai)")) == 2
     ud1 = yurt.get(SERVICES, "default", "svc-ud1")
-    assert ud1["metadata"]["annotations"]["openyurt.io/topologyKeys"] == "apps.openyurt.io/nodepool"
+    assert ud1["metadata"]["annotations"]["openyurt.io/topologyKeys"] == "openyurt.io/nodepool"
 
 
 def test_scale_cluster_is_reproducible_and_fast() -> None:
