@@ -43,10 +43,10 @@ def exec_plugin_kubeconfig(tmp_path: Path) -> Path:
 
 PROBE = """
     import asyncio, json, sys
-    from cache.upstream import UpstreamClient
+    from cache.apiclient import ApiClient
 
     async def main():
-        client = await UpstreamClient.from_kubeconfig({path!r})
+        client = await ApiClient.from_kubeconfig({path!r})
         headers = await client.auth_headers()
         await client.close()
         mods = [m for m in sys.modules if m.startswith("kubernetes_asyncio")]
