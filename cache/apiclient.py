@@ -116,9 +116,9 @@ class ApiClient:
     @classmethod
     async def from_kubeconfig(cls, path: str | None) -> ApiClient:
         """Load ``path``, or the in-cluster service account when ``path`` is None."""
-        kconfig, configuration_class = kubeconfig_loaders.load()
-
-        cfg = configuration_class()
+        loaders = kubeconfig_loaders.load()
+        kconfig = loaders.config
+        cfg = loaders.configuration()
         if path and not os.path.isfile(path):  # noqa: ASYNC240 (once, at start-up)
             raise ConfigError(f"cannot load kubeconfig {path}: no such file")
         # Its loader warns on its own before raising; we report the error once ourselves.
