@@ -1,5 +1,7 @@
 """Runs one reflector per cached resource, all feeding one ClusterCache.
 
+It uses the apiserver client it is given; whoever created the client closes it.
+
 It owns the reflectors' tasks, so it is also where they are coordinated: when one reflector
 finds that the upstream's resourceVersions went back (a list below an RV already seen), every
 resource has to be listed again on the new timeline, since RVs are one cluster-wide counter.
@@ -14,22 +16,27 @@ import contextlib
 import logging
 import time
 
+from cache.apiclient import ApiClient
 from cache.cluster import ClusterCache
+from cache.listwatch import Clock
 from cache.reflector import Reflector, ReflectorSettings
-from cache.upstream import UpstreamClient
 from kubeapi.resources import ALL
 
 log = logging.getLogger(__name__)
 
 
 class Informers:
-    """Created and started by ``wrapper.cli.start_wrapper``; read by /readyz, metrics and debug pages."""
+    """Owns the reflectors and their tasks. Created, started and stopped by ``wrapper.compose``;
+    read by /readyz, metrics and debug pages."""
 
-    def __init__(self, client: UpstreamClient, cache: ClusterCache, settings: ReflectorSettings | None = None) -> None:
+    def __init__(self, client: ApiClient, cache: ClusterCache, settings: ReflectorSettings | None = None,
+                 *, clock: Clock = time.monotonic) -> None:
         self.client = client
         self.cache = cache
+        self._clock = clock
         self.reflectors = {
-            r.plural: Reflector(client, r, cache, settings, on_regression=self._timeline_went_back) for r in ALL
+            r.plural: Reflector(client, r, cache, settings, on_regression=self._timeline_went_back, clock=clock)
+            for r in ALL
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._cancelled: set[asyncio.Task[None]] = set()
@@ -69,7 +76,6 @@ class Informers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        await self.client.close()
 
     @property
     def connected(self) -> bool:
@@ -78,4 +84,4 @@ class Informers:
     def offline_for(self) -> float:
         """Seconds since some reflector lost the apiserver (0 while all are connected)."""
         since = [r.state.disconnected_since for r in self.reflectors.values() if not r.state.connected]
-        return time.monotonic() - min(since) if since else 0.0
+        return self._clock() - min(since) if since else 0.0

@@ -6,37 +6,50 @@ target is 250 MB, for model classes we never build (objects stay plain dicts). T
 themselves only need ``Configuration`` (and name ``ApiClient`` for a helper we do not call).
 
 So the two package ``__init__`` modules are replaced by empty package modules pointing at the
-real directories, and the few real submodules the loaders import are loaded from there. If the
-library's layout ever stops allowing that, the ordinary import is used instead.
+real directories, and the few real submodules the loaders import are loaded from there. That
+depends on the library's layout, so pyproject.toml pins the range it was checked on, and
+tests/test_kubeconfig_loading.py fails when the light import falls back or pulls in the generated
+API. If the layout ever stops allowing it anyway, the ordinary import is used (with a warning:
+it costs the memory above). Called once, by ``cache.apiclient.ApiClient.from_kubeconfig``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
 import os
 import sys
 import types
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
 _PACKAGES = ("kubernetes_asyncio", "kubernetes_asyncio.client", "kubernetes_asyncio.client.models")
 
 
-def load() -> tuple[Any, Any]:
-    """The ``kubernetes_asyncio.config`` module and the ``Configuration`` class."""
+class Loaders(NamedTuple):
+    config: Any  # the ``kubernetes_asyncio.config`` module
+    configuration: Any  # the ``Configuration`` class
+    light: bool  # loaded without the generated client
+
+
+@functools.cache
+def load() -> Loaders:
+    """The loaders, imported the light way when the library's layout allows it (once per process)."""
     if "kubernetes_asyncio" not in sys.modules:
         try:
-            return _load_light()
+            config, configuration = _load_light()
+            return Loaders(config, configuration, True)
         except Exception as exc:  # any layout change: fall back to the full import
-            log.debug("light import of kubernetes_asyncio failed (%s); importing it whole", exc)
+            log.warning("kubernetes_asyncio's layout does not allow loading its config without its generated "
+                        "client (%s); importing it whole (about 35 MB more memory)", exc)
             for name in [n for n in sys.modules if n == "kubernetes_asyncio" or n.startswith("kubernetes_asyncio.")]:
                 del sys.modules[name]
     config = importlib.import_module("kubernetes_asyncio.config")
     client = importlib.import_module("kubernetes_asyncio.client")
-    return config, client.Configuration
+    return Loaders(config, client.Configuration, False)
 
 
 def _load_light() -> tuple[Any, Any]:

@@ -57,7 +57,13 @@ def parse_int(text: str) -> int:
     """``strconv.ParseInt(text, 10, 64)``: an optional sign, then ASCII digits."""
     if _SIGNED.fullmatch(text) is None:
         raise NumError("ParseInt", text, "invalid syntax")
-    value = int(text, 10)  # safe: the pattern admits ASCII digits and one sign only
+    # Leading zeros dropped first: int() refuses strings over 4,300 digits, whatever their value.
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 19:
+        raise NumError("ParseInt", text, "value out of range")
+    value = int(digits or "0", 10)  # safe: the pattern admits ASCII digits and one sign only
+    if text.startswith("-"):
+        value = -value
     if not INT64_MIN <= value <= INT64_MAX:
         raise NumError("ParseInt", text, "value out of range")
     return value
@@ -67,7 +73,10 @@ def parse_uint(text: str) -> int:
     """``strconv.ParseUint(text, 10, 64)``: ASCII digits only, no sign."""
     if _UNSIGNED.fullmatch(text) is None:
         raise NumError("ParseUint", text, "invalid syntax")
-    value = int(text, 10)
+    digits = text.lstrip("0")  # as in parse_int: int() refuses strings over 4,300 digits
+    if len(digits) > 20:
+        raise NumError("ParseUint", text, "value out of range")
+    value = int(digits or "0", 10)
     if value > UINT64_MAX:
         raise NumError("ParseUint", text, "value out of range")
     return value

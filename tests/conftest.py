@@ -9,8 +9,8 @@ import pytest
 
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
+from cache.apiclient import ApiClient
 from cache.reflector import ReflectorSettings
-from cache.upstream import UpstreamClient
 from tests.support.stack import running_simulator, wait_ready
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
@@ -34,13 +34,14 @@ def fast_settings() -> tuple[ServeSettings, ReflectorSettings]:
 @pytest.fixture
 async def wrapper(sim: Simulator) -> AsyncIterator[Running]:
     serve, reflect = fast_settings()
-    running = await start_wrapper(UpstreamClient(sim.url), LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
-                                  reflect=reflect, debug=("127.0.0.1", 0))
-    try:
-        await wait_ready(running)
-        yield running
-    finally:
-        await stop_wrapper(running)
+    async with ApiClient(sim.url) as client:
+        running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
+                                      reflect=reflect, debug=("127.0.0.1", 0))
+        try:
+            await wait_ready(running)
+            yield running
+        finally:
+            await stop_wrapper(running)
 
 
 @pytest.fixture

@@ -113,6 +113,9 @@ async def test_integers_that_are_not_ascii_digits_in_range_get_the_same_400_ever
 @pytest.mark.parametrize(("param", "value", "code"), [
     ("resourceVersion", "+5", 400),  # ParseUint takes no sign
     ("resourceVersion", "18446744073709551616", 400),  # 2^64: out of range
+    ("resourceVersion", "9" * 5000, 400),  # out of range, not past int()'s digit limit (a 500)
+    ("resourceVersion", "0" * 5000 + "7", 200),  # leading zeros: ParseUint takes them
+    ("limit", "9" * 5000, 400),
     ("limit", "+2", 200),  # ParseInt takes one
     ("limit", "-0", 200),
     ("timeoutSeconds", "+1", 200),

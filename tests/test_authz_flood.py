@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from apisim.server import Simulator
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient
 from kubeapi.resources import ENDPOINTSLICES
 from kubeapi.status import StatusError
 from tests.conftest import LOCAL_NODE, fast_settings, wait_ready
@@ -149,7 +149,7 @@ async def test_the_authorizer_reviews_within_the_cap_and_answers_from_its_cache_
     reviewing_sim: Simulator,
 ) -> None:
     clock = FakeClock()
-    client = UpstreamClient(reviewing_sim.url)
+    client = ApiClient(reviewing_sim.url)
     authorizer = ClientAuthorizer(client, allowed_ttl=60, denied_ttl=10, offline_max_age=3600, cache_size=8,
                                   refused_cache_size=3, review_qps=1, review_burst=2, clock=clock)
     try:
@@ -168,11 +168,11 @@ def test_the_authorizer_flags_reach_the_authorizer_and_reject_nonsense() -> None
     args = build_parser().parse_args(["--authorize-clients", "--authorize-clients-cache-size", "100",
                                       "--authorize-clients-review-qps", "0.5",
                                       "--authorize-clients-review-burst", "7"])
-    authorizer = client_authorizer(UpstreamClient("http://127.0.0.1:1"), args)
+    authorizer = client_authorizer(ApiClient("http://127.0.0.1:1"), args)
     assert authorizer is not None
     assert (authorizer.decisions.allowed_size, authorizer.decisions.refused_size) == (100, 25)
     assert (authorizer.limiter.rate, authorizer.limiter.burst) == (0.5, 7)
-    assert client_authorizer(UpstreamClient("http://127.0.0.1:1"), build_parser().parse_args([])) is None
+    assert client_authorizer(ApiClient("http://127.0.0.1:1"), build_parser().parse_args([])) is None
     for flag, value in [("--authorize-clients-review-qps", "0"), ("--authorize-clients-review-qps", "nan"),
                         ("--authorize-clients-review-burst", "0"), ("--authorize-clients-cache-size", "²")]:
         with pytest.raises(SystemExit):
@@ -191,7 +191,7 @@ REFUSED_KEPT = 16
 
 @pytest.fixture
 async def flood_wrapper(reviewing_sim: Simulator) -> AsyncIterator[tuple[Running, ClientAuthorizer]]:
-    client = UpstreamClient(reviewing_sim.url)
+    client = ApiClient(reviewing_sim.url)
     # allowed_ttl=0: kube-proxy's decision is always stale, so every one of its requests needs
     # a review and is served only thanks to stale-while-limited and the offline fallback.
     authorizer = ClientAuthorizer(client, allowed_ttl=0.0, denied_ttl=10.0, cache_size=64,
@@ -204,6 +204,7 @@ async def flood_wrapper(reviewing_sim: Simulator) -> AsyncIterator[tuple[Running
         yield running, authorizer
     finally:
         await stop_wrapper(running)
+        await client.close()
 
 
 _LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)\s*$")
@@ -290,7 +291,7 @@ async def test_while_the_apiserver_is_unreachable_a_stale_decision_answers_witho
     reviewing_sim: Simulator,
 ) -> None:
     clock = FakeClock()
-    client = UpstreamClient(reviewing_sim.url)
+    client = ApiClient(reviewing_sim.url)
     authorizer = ClientAuthorizer(client, allowed_ttl=60, offline_max_age=3600, unreachable_pause=10, clock=clock)
     try:
         assert await _outcome(authorizer, "proxy-token") == "allowed"

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from apisim.server import Simulator
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient
 from tests.conftest import LOCAL_NODE, fast_settings
 from tests.support.stack import wait_ready
 from tests.test_cli import assert_one_line_error, free_port, run_cli
@@ -29,13 +29,14 @@ Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 @asynccontextmanager
 async def wrapper_with(sim: Simulator, limits: ConnectionLimits) -> AsyncIterator[Running]:
     serve, reflect = fast_settings()
-    running = await start_wrapper(UpstreamClient(sim.url), LOCAL_NODE, ("127.0.0.1", 0), serve=serve, reflect=reflect,
-                                  limits=limits)
-    try:
-        await wait_ready(running)
-        yield running
-    finally:
-        await stop_wrapper(running)
+    async with ApiClient(sim.url) as client:
+        running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve, reflect=reflect,
+                                      limits=limits)
+        try:
+            await wait_ready(running)
+            yield running
+        finally:
+            await stop_wrapper(running)
 
 
 async def connect(running: Running) -> Conn:

@@ -15,10 +15,10 @@ from aiohttp import web
 
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
+from cache.apiclient import ApiClient
 from cache.cluster import ClusterCache
 from cache.informers import Informers
 from cache.reflector import Reflector, ReflectorSettings
-from cache.upstream import UpstreamClient
 from kubeapi.resources import ENDPOINTSLICES, NODES, SERVICES, Resource
 from tests.support.faultkit import (
     LOCAL_NODE,
@@ -217,7 +217,8 @@ async def test_client_watch_from_an_rv_older_than_the_wrapper_history_gets_an_er
 
 async def test_a_client_watch_whose_events_were_evicted_from_a_tiny_history_gets_410(sim: Simulator) -> None:
     cache = ClusterCache(LOCAL_NODE, history_events=3)
-    informers = Informers(UpstreamClient(sim.url), cache, ReflectorSettings(backoff_initial=0.05, backoff_max=0.5))
+    client = ApiClient(sim.url)
+    informers = Informers(client, cache, ReflectorSettings(backoff_initial=0.05, backoff_max=0.5))
     app = build_app(cache.views, lambda: cache.ready, informers.client, ServeSettings(bookmark_interval=1.0))
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
@@ -251,6 +252,7 @@ async def test_a_client_watch_whose_events_were_evicted_from_a_tiny_history_gets
     finally:
         await runner.cleanup()
         await informers.stop()
+        await client.close()
 
 
 # ---- upstream 429 / 500 / 503 -------------------------------------------------------------------
@@ -306,7 +308,7 @@ async def test_reflector_backoff_doubles_with_full_jitter_up_to_the_cap(
 
     monkeypatch.setattr(random, "uniform", recording_uniform)
     cache = ClusterCache(LOCAL_NODE)
-    client = UpstreamClient(sim.url)
+    client = ApiClient(sim.url)
     r = Reflector(client, NODES, cache, ReflectorSettings(backoff_initial=0.01, backoff_max=0.04))
     sim.fail_next(6, 503)
     task = asyncio.create_task(r.run())
@@ -408,7 +410,7 @@ async def test_a_malformed_list_response_is_an_error_and_the_reflector_retries(
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    client = UpstreamClient(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    client = ApiClient(f"http://127.0.0.1:{runner.addresses[0][1]}")
     r = Reflector(client, NODES, ClusterCache(LOCAL_NODE), ReflectorSettings(backoff_initial=0.01, backoff_max=0.02))
     try:
         await run_until_synced(r)

@@ -2,7 +2,7 @@
 
 The simulator runs HTTPS with client-certificate and token authentication in the apiserver's
 order and records who each request ran as. The wrapper loads a real kubeconfig (a client
-certificate one and a token one) through UpstreamClient.from_kubeconfig. Clients then send
+certificate one and a token one) through ApiClient.from_kubeconfig. Clients then send
 their own token, a junk token, basic auth or nothing, on lent and non-lent paths.
 """
 
@@ -24,7 +24,7 @@ import trustme
 from apisim.authn import ANONYMOUS, Seen, server_tls_context
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
-from cache.upstream import ConfigError, UpstreamClient
+from cache.apiclient import ApiClient, ConfigError
 from kubeapi.resources import match_path
 from kubeapi.status import StatusError
 from tests.conftest import LOCAL_NODE, fast_settings
@@ -105,15 +105,16 @@ async def tls_stack(kind: str, ca: trustme.CA, tmp_path: Path) -> AsyncIterator[
             user, who = {"client-certificate": str(cert), "client-key": str(key)}, WRAPPER_CN
         else:
             user, who = {"token": WRAPPER_TOKEN}, WRAPPER_SA
-        client = await UpstreamClient.from_kubeconfig(str(write_kubeconfig(tmp_path / "kubeconfig", sim.url, ca_file,
-                                                                           user)))
+        client = await ApiClient.from_kubeconfig(str(write_kubeconfig(tmp_path / "kubeconfig", sim.url, ca_file,
+                                                                      user)))
         serve, reflect = fast_settings()
-        running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve, reflect=reflect)
-        try:
-            await wait_ready(running)
-            yield TlsStack(sim, running, who)
-        finally:
-            await stop_wrapper(running)
+        async with client:
+            running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve, reflect=reflect)
+            try:
+                await wait_ready(running)
+                yield TlsStack(sim, running, who)
+            finally:
+                await stop_wrapper(running)
 
 
 @pytest.fixture(params=["client-certificate", "token"])
@@ -299,7 +300,7 @@ def test_non_canonical_targets_are_bad_requests(target: str) -> None:
 
 def test_an_apiserver_url_with_credentials_in_it_is_refused() -> None:
     with pytest.raises(ConfigError, match="credentials"):
-        UpstreamClient("https://admin:secret@127.0.0.1:6443")
+        ApiClient("https://admin:secret@127.0.0.1:6443")
 
 
 

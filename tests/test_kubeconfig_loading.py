@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
+
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,16 +47,20 @@ def exec_plugin_kubeconfig(tmp_path: Path) -> Path:
 
 PROBE = """
     import asyncio, json, sys
-    from cache.upstream import UpstreamClient
+    from cache import kubeconfig_loaders
+    from cache.apiclient import ApiClient
 
     async def main():
-        client = await UpstreamClient.from_kubeconfig({path!r})
+        light = kubeconfig_loaders.load().light
+        client = await ApiClient.from_kubeconfig({path!r})
         headers = await client.auth_headers()
         await client.close()
         mods = [m for m in sys.modules if m.startswith("kubernetes_asyncio")]
         print(json.dumps({{
-            "url": client.base_url, "auth": headers.get("Authorization"),
+            "url": client.base_url, "auth": headers.get("Authorization"), "light": light,
             "modules": len(mods), "models": sum(m.startswith("kubernetes_asyncio.client.models.") for m in mods),
+            "api": any(m == "kubernetes_asyncio.client.api" or m.startswith("kubernetes_asyncio.client.api.")
+                       for m in mods),
         }}))
 
     {prelude}
@@ -65,8 +73,18 @@ def test_an_exec_plugin_kubeconfig_loads_without_the_generated_api_models(tmp_pa
     got = run_python(PROBE.format(path=str(cfg), prelude=""), tmp_path)
     assert got["url"] == "https://127.0.0.1:6443"
     assert got["auth"] == "Bearer from-the-plugin"
-    assert got["models"] == 0
+    # If kubernetes-asyncio's layout changes, these fail (and the pin in pyproject.toml says why).
+    assert got["light"] is True, "the light import fell back to the whole package"
+    assert got["models"] == 0 and got["api"] is False
     assert isinstance(got["modules"], int) and got["modules"] < 40  # the whole package is about 1,300
+
+
+def test_the_installed_kubernetes_asyncio_is_within_the_range_the_light_import_was_checked_on() -> None:
+    pinned = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+                  if d.startswith("kubernetes-asyncio"))
+    spec = SpecifierSet(pinned.removeprefix("kubernetes-asyncio"))
+    assert spec.contains("36.1.0") and not spec.contains("37.0.0"), f"{pinned}: an upper bound is part of the pin"
+    assert importlib.metadata.version("kubernetes_asyncio") in spec
 
 
 def test_the_ordinary_import_is_used_when_the_light_one_is_not_possible(tmp_path: Path) -> None:
@@ -78,4 +96,5 @@ def test_the_ordinary_import_is_used_when_the_light_one_is_not_possible(tmp_path
     )
     got = run_python(PROBE.format(path=str(cfg), prelude=prelude), tmp_path)
     assert got["auth"] == "Bearer from-the-plugin"
+    assert got["light"] is False
     assert isinstance(got["models"], int) and got["models"] > 100

@@ -9,9 +9,9 @@ import pytest
 
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
+from cache.apiclient import ApiClient
 from cache.cluster import ClusterCache
 from cache.reflector import ReflectorSettings
-from cache.upstream import UpstreamClient
 from kubeapi.resources import ALL, ENDPOINTSLICES, NODES
 from tests.support.faultkit import demo_slice, get_text, list_items, node_names, wait_for
 from tests.support.stack import wait_ready
@@ -31,7 +31,8 @@ async def test_a_hostname_matching_no_node_fails_readyz_sets_the_metric_and_warn
     sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="wrapper.local_node")
-    running = await start_wrapper(UpstreamClient(sim.url), "bj-9", ("127.0.0.1", 0),
+    client = ApiClient(sim.url)
+    running = await start_wrapper(client, "bj-9", ("127.0.0.1", 0),
                                   serve=ServeSettings(bookmark_interval=1.0),
                                   reflect=ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5),
                                   debug=("127.0.0.1", 0), local_node_warn_every=0.2)
@@ -62,10 +63,12 @@ async def test_a_hostname_matching_no_node_fails_readyz_sets_the_metric_and_warn
         assert node_names(demo_slice(await list_items(running.url, ENDPOINTSLICES))) == {"bj-1", "bj-3"}
     finally:
         await stop_wrapper(running)
+        await client.close()
 
 
 async def test_a_hostname_matching_a_node_is_ready_with_the_metric_at_one(sim: Simulator) -> None:
-    running = await start_wrapper(UpstreamClient(sim.url), "bj-1", ("127.0.0.1", 0),
+    client = ApiClient(sim.url)
+    running = await start_wrapper(client, "bj-1", ("127.0.0.1", 0),
                                   serve=ServeSettings(bookmark_interval=1.0), debug=("127.0.0.1", 0))
     try:
         await wait_ready(running)
@@ -75,6 +78,7 @@ async def test_a_hostname_matching_a_node_is_ready_with_the_metric_at_one(sim: S
         assert f"{KNOWN} 1.0" in metrics.splitlines()
     finally:
         await stop_wrapper(running)
+        await client.close()
 
 
 def test_the_missing_node_warning_is_repeated_at_a_bounded_rate(caplog: pytest.LogCaptureFixture) -> None:

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient
 from tests.conftest import LOCAL_NODE, fast_settings
 from tests.support.kubectl import kubectl_env
 from tests.support.scripted_upstream import LAST_CHUNK, ScriptedUpstream, chunk, head
@@ -84,7 +84,8 @@ async def rig() -> AsyncIterator[Rig]:
                                  WATCH: watch})
     await upstream.start()
     serve, reflect = fast_settings()
-    running = await start_wrapper(UpstreamClient(upstream.url), LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
+    client = ApiClient(upstream.url)
+    running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
                                   reflect=reflect, limits=ConnectionLimits(header_timeout=SHORT, idle_timeout=SHORT))
     try:
         yield Rig(upstream, running, gates)
@@ -92,6 +93,7 @@ async def rig() -> AsyncIterator[Rig]:
         for gate in gates:
             gate.set()
         await stop_wrapper(running)
+        await client.close()
         await upstream.stop()
 
 

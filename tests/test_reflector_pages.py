@@ -9,8 +9,9 @@ import orjson
 
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
-from cache.reflector import Reflector, ReflectorSettings, _list_items
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient
+from cache.listwatch import list_items
+from cache.reflector import Reflector, ReflectorSettings
 from kubeapi.resources import NODES, Resource
 from kubeapi.types import JSONDict
 from tests.support.faultkit import run_until_synced
@@ -23,7 +24,7 @@ def node(name: str, rv: int) -> dict[str, Any]:
 def test_list_items_decodes_each_page_only_when_the_previous_one_is_consumed() -> None:
     pages = [orjson.dumps({"items": [node("a", 1), {"metadata": {"name": ""}}, node("b", 2)]}),
              orjson.dumps({"items": [node("c", 3)]})]
-    items = _list_items(pages, NODES)
+    items = list_items(pages, NODES)
     first = next(items)
     assert first == {"metadata": {"name": "a", "resourceVersion": "1"}}, "kind and apiVersion are dropped"
     assert len(pages) == 1 and isinstance(pages[0], bytes), "the second page is still undecoded bytes"
@@ -59,7 +60,7 @@ async def test_a_paginated_list_arrives_whole_and_in_order_while_later_pages_sta
     for i in range(7):
         sim.create(NODES, {"metadata": {"name": f"extra-{i}", "labels": {"location": "beijing"}}})
     await sim.start("127.0.0.1", 0)
-    client = UpstreamClient(sim.url)
+    client = ApiClient(sim.url)
     sink = PageCountingSink()
     reflector = Reflector(client, NODES, sink, ReflectorSettings(page_size=3))
     try:

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from apisim.server import Simulator
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient
 from kubeapi.resources import ENDPOINTSLICES, SERVICES
 from tests.conftest import LOCAL_NODE, fast_settings, wait_ready
 from wrapper.authz import ClientAuthorizer
@@ -36,13 +36,13 @@ async def mtls_wrapper(sim: Simulator, ca: trustme.CA, tmp_path: Path) -> AsyncI
     ca.cert_pem.write_to_path(str(ca_file))
     tls = tls_context(str(chain), str(chain), str(ca_file))
     serve, reflect = fast_settings()
-    running = await start_wrapper(UpstreamClient(sim.url), LOCAL_NODE, ("127.0.0.1", 0), tls=tls, serve=serve,
-                                  reflect=reflect)
-    try:
-        await wait_ready(running)
-        yield running
-    finally:
-        await stop_wrapper(running)
+    async with ApiClient(sim.url) as client:
+        running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), tls=tls, serve=serve, reflect=reflect)
+        try:
+            await wait_ready(running)
+            yield running
+        finally:
+            await stop_wrapper(running)
 
 
 def client_context(ca: trustme.CA, *, with_cert: bool, other_ca: bool = False) -> ssl.SSLContext:
@@ -186,7 +186,7 @@ async def authz_wrapper(sim: Simulator) -> AsyncIterator[tuple[Running, ClientAu
     sim.reviews.allow("system:kube-proxy", "list", "endpointslices")
     sim.reviews.allow("system:kube-proxy", "watch", "endpointslices")
     sim.reviews.add_user("nobody-token", "nobody")
-    client = UpstreamClient(sim.url)
+    client = ApiClient(sim.url)
     authorizer = ClientAuthorizer(client, allowed_ttl=0.2, denied_ttl=0.2)
     serve, reflect = fast_settings()
     running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve, reflect=reflect,
@@ -196,6 +196,7 @@ async def authz_wrapper(sim: Simulator) -> AsyncIterator[tuple[Running, ClientAu
         yield running, authorizer
     finally:
         await stop_wrapper(running)
+        await client.close()
 
 
 async def _status(url: str, token: str | None) -> tuple[int, dict[str, object]]:

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient
 from cache.view import View
 from kubeapi import status
 from kubeapi.listoptions import parse_list_options
@@ -71,7 +71,7 @@ class Front:
         self,
         views: Mapping[str, View],
         ready: Callable[[], bool],
-        upstream: UpstreamClient | None,
+        upstream: ApiClient | None,
         settings: ServeSettings,
         registry: WatchRegistry | None = None,
         authorizer: ClientAuthorizer | None = None,
@@ -165,7 +165,7 @@ async def _no_tracebacks(request: web.Request, handler: Callable[[web.Request], 
 def build_app(
     views: Mapping[str, View],
     ready: Callable[[], bool],
-    upstream: UpstreamClient | None,
+    upstream: ApiClient | None,
     settings: ServeSettings | None = None,
     *,
     registry: WatchRegistry | None = None,

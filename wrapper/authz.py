@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient
+from cache.apierrors import ApiError, TransportError
 from kubeapi import status
 from kubeapi.resources import Resource
 from kubeapi.status import StatusError
@@ -166,12 +166,13 @@ class ClientAuthorizer:
     """Decides, per request, whether a client's token may read a cached resource.
 
     Owns the decision cache and the review cap; the HTTP front (``wrapper.app``) calls
-    ``check`` before serving a cached resource. ``clock`` is injectable for tests.
+    ``check`` before serving a cached resource. Reviews go through the apiserver client it is
+    given, as the wrapper. ``clock`` is injectable for tests.
     """
 
     def __init__(
         self,
-        upstream: UpstreamClient,
+        upstream: ApiClient,
         *,
         allowed_ttl: float = 60.0,
         denied_ttl: float = 10.0,
@@ -254,24 +255,22 @@ class ClientAuthorizer:
             raise forbidden(decision.user, verb, resource, namespace, decision.reason)
 
     async def _post(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   **(await self.upstream.auth_headers())}
         try:
-            async with self.upstream.session.post(
-                self.upstream.url(path), data=orjson.dumps(doc), headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout), **self.upstream.request_kwargs(),
-            ) as resp:
-                body = await resp.read()
-                if resp.status >= 500 or resp.status == 429:
-                    raise _Unreachable(f"HTTP {resp.status}")
-                if resp.status >= 300:
-                    log.warning("authorizer: %s answered %d; is the wrapper allowed to create reviews?",
-                                path, resp.status)
-                    raise _Unreachable(f"HTTP {resp.status} from {path}")
-                result: dict[str, Any] = orjson.loads(body)
-                return result
-        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
-            raise _Unreachable(type(exc).__name__) from None
+            resp = await self.upstream.request("POST", path, json=doc, total_timeout=self.timeout)
+        except ApiError as exc:
+            if exc.code < 500 and exc.code != 429:
+                log.warning("authorizer: %s answered %d; is the wrapper allowed to create reviews?", path, exc.code)
+                raise _Unreachable(f"HTTP {exc.code} from {path}") from None
+            raise _Unreachable(f"HTTP {exc.code}") from None
+        except TransportError as exc:
+            raise _Unreachable(str(exc)[:200]) from None
+        try:
+            result = orjson.loads(resp.body)
+        except orjson.JSONDecodeError:
+            raise _Unreachable(f"{path} answered something that is not JSON") from None
+        if not isinstance(result, dict):
+            raise _Unreachable(f"{path} answered something that is not an object")
+        return result
 
     async def _review(
         self, token: str, verb: str, resource: Resource, namespace: str | None, name: str | None

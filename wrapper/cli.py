@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvloop
 
-from cache.upstream import ConfigError, UpstreamClient
+from cache.apiclient import ApiClient, ConfigError
 from wrapper.compose import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.heap import manage_heap, tune_malloc
 from wrapper.logs import configure_logging
@@ -29,26 +29,27 @@ async def serve_main(args: argparse.Namespace) -> None:
     tune_malloc()
     tls = tls_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
     try:
-        client = await UpstreamClient.from_kubeconfig(args.kubeconfig)
+        client = await ApiClient.from_kubeconfig(args.kubeconfig)
     except ConfigError as exc:
         raise StartupError(str(exc), 2) from exc
-    check_exposure(args, tls is not None)
-    running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
-                                  serve=serve_settings(args),
-                                  debug=args.debug_bind_address, profiling=args.profiling,
-                                  cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                                  snapshot_interval=args.snapshot_interval,
-                                  offline_grace=None if args.ready_while_offline else args.offline_grace,
-                                  authorizer=client_authorizer(client, args),
-                                  limits=connection_limits(args))
-    log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
-    heap_task = asyncio.create_task(manage_heap(running.cache.ready_event), name="heap")
-    try:
-        await wait_for_signal()
-        log.info("shutting down")
-    finally:
-        heap_task.cancel()
-        await stop_wrapper(running)
+    async with client:  # created here, so closed here
+        check_exposure(args, tls is not None)
+        running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
+                                      serve=serve_settings(args),
+                                      debug=args.debug_bind_address, profiling=args.profiling,
+                                      cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                                      snapshot_interval=args.snapshot_interval,
+                                      offline_grace=None if args.ready_while_offline else args.offline_grace,
+                                      authorizer=client_authorizer(client, args),
+                                      limits=connection_limits(args))
+        log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
+        heap_task = asyncio.create_task(manage_heap(running.cache.ready_event), name="heap")
+        try:
+            await wait_for_signal()
+            log.info("shutting down")
+        finally:
+            heap_task.cancel()
+            await stop_wrapper(running)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cache.apiclient import ApiClient
 from cache.cluster import ClusterCache
 from cache.informers import Informers
 from cache.reflector import ReflectorSettings
 from cache.snapshot import Identity, Persister, restore
-from cache.upstream import UpstreamClient
 from wrapper.app import ReadyCheck, build_app
 from wrapper.authz import ClientAuthorizer
 from wrapper.debug import Debug
@@ -76,7 +76,7 @@ def tls_context(cert: str | None, key: str | None, client_ca: str | None = None)
 
 
 async def start_wrapper(
-    client: UpstreamClient,
+    client: ApiClient,
     hostname: str,
     bind: tuple[str, int],
     *,
@@ -93,6 +93,8 @@ async def start_wrapper(
     limits: ConnectionLimits | None = None,
 ) -> Running:
     """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests.
+
+    ``client`` stays the caller's: the wrapper uses it and ``stop_wrapper`` leaves it open.
 
     ``offline_grace``: None keeps /readyz ready once synced, whatever the apiserver does (edge
     autonomy); a number makes it not ready after the apiserver has been lost that many seconds.
@@ -157,7 +159,7 @@ def ready_checks(cache: ClusterCache) -> list[ReadyCheck]:
     return checks
 
 
-def client_authorizer(client: UpstreamClient, args: argparse.Namespace) -> ClientAuthorizer | None:
+def client_authorizer(client: ApiClient, args: argparse.Namespace) -> ClientAuthorizer | None:
     """The ``--authorize-clients`` authorizer the flags ask for, or None when it is off."""
     if not args.authorize_clients:
         return None

@@ -13,7 +13,7 @@ import logging
 
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient
 from wrapper.compose import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.options import check_exposure, connection_limits, is_loopback, serve_settings
 
@@ -64,14 +64,15 @@ async def demo_main(args: argparse.Namespace) -> None:
         sim_url = await sim.start(host, port)
     except OSError as exc:
         raise StartupError(f"cannot listen on {host}:{port} for the simulator: {exc.strerror or exc}") from exc
+    client = ApiClient(sim_url)  # created here, so closed here
     try:
-        client = UpstreamClient(sim_url)
         running = await start_wrapper(client, args.hostname, args.bind_address, tls=tls,
                                       serve=serve_settings(args),
                                       debug=args.debug_bind_address, profiling=args.profiling,
                                       authorizer=client_authorizer(client, args),
                                       limits=connection_limits(args))
     except BaseException:
+        await client.close()
         await sim.stop()
         raise
     try:
@@ -83,4 +84,5 @@ async def demo_main(args: argparse.Namespace) -> None:
         await wait_for_signal(args.run_seconds)
     finally:
         await stop_wrapper(running)
+        await client.close()
         await sim.stop()

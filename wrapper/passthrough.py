@@ -2,8 +2,8 @@
 
 Bodies are never parsed or buffered: protobuf event POSTs, discovery documents and
 watches of other resources are copied chunk by chunk, with compression left as it was.
-Which transport and which identity a request uses is decided by the caller (wrapper/app.py,
-with wrapper/lending.py); this module applies it. If the apiserver's response breaks off
+Which identity a request uses is decided by the caller (wrapper/app.py, with wrapper/lending.py);
+the apiserver client (cache/apiclient.py) holds the transports that carry it. If the apiserver's response breaks off
 after its headers have been passed on, the client's connection is aborted, so the client
 sees a failed response (as it would talking to the apiserver) instead of a short one.
 """
@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 from aiohttp import web
-from yarl import URL
 
-from cache.upstream import UpstreamClient
+from cache.apiclient import ApiClient, Identity
+from cache.apierrors import TransportError
 from kubeapi import status
 from wrapper.lending import LENT_HEADERS
 from wrapper.paths import Target
@@ -54,30 +54,26 @@ async def _limited(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def forward(request: web.Request, client: UpstreamClient, target: Target, *, lend: bool) -> web.StreamResponse:
-    """Send ``request`` to ``target.forwarded`` upstream and stream the answer back.
+async def forward(request: web.Request, client: ApiClient, target: Target, *, lend: bool) -> web.StreamResponse:
+    """Send ``request`` to ``target.forwarded`` upstream and stream the answer back, whatever its status.
 
-    ``lend``: speak as the wrapper (its session and credentials, only the client headers in
-    ``LENT_HEADERS``). Otherwise the request keeps the client's headers, its ``Authorization``
-    included, and goes on the session that carries nothing of the wrapper's.
+    ``lend``: speak as the wrapper (``Identity.WRAPPER``: its transport and credentials, and only the
+    client headers in ``LENT_HEADERS``). Otherwise the request keeps the client's headers, its
+    ``Authorization`` included, and goes as ``Identity.FORWARDED``, which carries nothing of the wrapper's.
     """
     if request.content_length is not None and request.content_length > MAX_BODY:
         return _too_large()
     if lend:
         headers = {k: v for k, v in request.headers.items() if k.lower() in LENT_HEADERS}
-        headers.update(await client.auth_headers())
-        session = client.session
+        identity = Identity.WRAPPER
     else:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        session = client.forwarding_session
-    url = URL(client.base_url + target.forwarded, encoded=True)
+        identity = Identity.FORWARDED
     body = _limited(request.content) if request.body_exists else None
     resp: web.StreamResponse | None = None
     try:
-        async with session.request(
-            request.method, url, headers=headers, data=body, allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), **client.request_kwargs(),
-        ) as upstream:
+        async with client.stream(request.method, target.forwarded, headers=headers, body=body, identity=identity,
+                                 check=False) as upstream:
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for k, v in upstream.headers.items():
                 if k.lower() not in _HOP:
@@ -89,19 +85,30 @@ async def forward(request: web.Request, client: UpstreamClient, target: Target, 
             return resp
     except _TooLarge:
         return _too_large()
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        if isinstance(exc.__cause__, _TooLarge) or isinstance(exc.__context__, _TooLarge):
+    except TransportError as exc:
+        if _caused_by_too_large(exc):
             return _too_large()
         if resp is not None and resp.prepared:
             # Mid-body: the status line is gone, so the only honest signal left is a broken
             # connection (ending the chunked body cleanly would hand the client a short body
             # as if it were whole). aiohttp then finds the transport closed and writes nothing.
-            if isinstance(exc, aiohttp.ClientError):
-                log.info("pass-through %s %s: the apiserver's response broke off (%s); aborting the client's "
-                         "connection", request.method, target.path[:200], exc)
+            log.info("pass-through %s %s: the response broke off (%s); aborting the client's connection",
+                     request.method, target.path[:200], exc)
             if request.transport is not None:
                 request.transport.abort()
             return resp
         log.warning("pass-through %s %s: apiserver unreachable: %s", request.method, target.path[:200], exc)
         st = status.failure(503, f"the apiserver is unreachable from the wrapper: {exc}", "ServiceUnavailable")
         return web.Response(body=orjson.dumps(st), status=503, content_type="application/json")
+
+
+def _caused_by_too_large(exc: BaseException) -> bool:
+    """Whether the client's body went over MAX_BODY while aiohttp was sending it (it wraps the error)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, _TooLarge):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False

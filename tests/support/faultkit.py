@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from cache.apiclient import ApiClient
 from cache.reflector import Reflector, ReflectorSettings
-from cache.upstream import UpstreamClient
 from kubeapi.resources import Resource
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
@@ -71,14 +71,15 @@ async def running_wrapper(
     """A wrapper as node bj-1 in front of ``upstream_url`` with fast defaults, stopped on exit."""
     serve = serve or ServeSettings(bookmark_interval=1.0)
     reflect = reflect or ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5)
-    running = await start_wrapper(UpstreamClient(upstream_url), LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
-                                  reflect=reflect, debug=("127.0.0.1", 0), **kwargs)
-    try:
-        if wait:
-            await wait_for(lambda: running.cache.ready, 10, "the wrapper to sync")
-        yield running
-    finally:
-        await stop_wrapper(running)
+    async with ApiClient(upstream_url) as client:
+        running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
+                                      reflect=reflect, debug=("127.0.0.1", 0), **kwargs)
+        try:
+            if wait:
+                await wait_for(lambda: running.cache.ready, 10, "the wrapper to sync")
+            yield running
+        finally:
+            await stop_wrapper(running)
 
 
 async def get_json(url: str, params: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:

@@ -16,8 +16,8 @@ import orjson
 
 from apisim.seeds import SeedList
 from apisim.server import Simulator
+from cache.apiclient import ApiClient
 from cache.reflector import ReflectorSettings
-from cache.upstream import UpstreamClient
 from kubeapi.resources import ALL
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
@@ -56,9 +56,10 @@ async def stack(seed: SeedList, *, node: str = "bj-1", sim_bookmarks: float = 0.
     sim.load(seed)
     await sim.start("127.0.0.1", 0)
     running: Running | None = None
+    client = ApiClient(sim.url)
     try:
         running = await start_wrapper(
-            UpstreamClient(sim.url), node, ("127.0.0.1", 0),
+            client, node, ("127.0.0.1", 0),
             serve=ServeSettings(bookmark_interval=wrapper_bookmarks, too_large_wait=too_large_wait),
             reflect=ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5),
             debug=("127.0.0.1", 0))
@@ -67,6 +68,7 @@ async def stack(seed: SeedList, *, node: str = "bj-1", sim_bookmarks: float = 0.
     finally:
         if running is not None:
             await stop_wrapper(running)
+        await client.close()
         await sim.stop()
 
 

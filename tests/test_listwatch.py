@@ -1,0 +1,517 @@
+"""The reflector's decisions, table-tested without a server, a socket or the wall clock.
+
+``ListWatch`` (cache/listwatch.py) is fed list pages, watch events, ends and errors; what it does is
+read from its outputs only: the Sink calls, the next action (request parameters or a back-off) and
+the ``state`` it publishes. Time and chance are injected.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from cache.apierrors import ApiError, ReadTimeout, TransportError, UnreadableStream
+from cache.listwatch import (
+    VERY_SHORT_WATCH,
+    Action,
+    ListPage,
+    ListWatch,
+    ReflectorSettings,
+    Sleep,
+    Watch,
+)
+from kubeapi.resources import NODES, Resource
+from kubeapi.types import JSONDict
+
+SETTINGS = ReflectorSettings(page_size=2, backoff_initial=0.5, backoff_max=4.0, watch_timeout_min=300,
+                             watch_timeout_max=600)
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeRandom:
+    """Records every draw; ``uniform`` returns the point ``frac`` of the way from a to b."""
+
+    frac: float = 1.0
+    uniforms: list[tuple[float, float]] = field(default_factory=list)
+    randints: list[tuple[int, int]] = field(default_factory=list)
+
+    def uniform(self, a: float, b: float) -> float:
+        self.uniforms.append((a, b))
+        return a + (b - a) * self.frac
+
+    def randint(self, a: int, b: int) -> int:
+        self.randints.append((a, b))
+        return b
+
+
+@dataclass
+class RecordingSink:
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def replace(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
+        self.calls.append(("replace", [o["metadata"]["name"] for o in items], rv))
+
+    def apply(self, resource: Resource, type_: str, obj: JSONDict) -> None:
+        self.calls.append(("apply", type_, obj["metadata"]["name"], obj["metadata"]["resourceVersion"]))
+
+    def bookmark(self, resource: Resource, rv: int) -> None:
+        self.calls.append(("bookmark", rv))
+
+
+@dataclass
+class Rig:
+    machine: ListWatch
+    sink: RecordingSink
+    clock: FakeClock
+    rng: FakeRandom
+    regressions: list[tuple[int, int]]
+
+
+def rig(frac: float = 1.0, settings: ReflectorSettings = SETTINGS) -> Rig:
+    sink, clock, rng = RecordingSink(), FakeClock(), FakeRandom(frac)
+    regressions: list[tuple[int, int]] = []
+    m = ListWatch(NODES, sink, settings, clock=clock, rng=rng,
+                  on_regression=lambda had, got: regressions.append((had, got)))
+    return Rig(m, sink, clock, rng, regressions)
+
+
+def node(name: str, rv: int, **extra: Any) -> dict[str, Any]:
+    return {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name, "resourceVersion": str(rv)}, **extra}
+
+
+def page(rv: int, *names: str, token: str = "") -> bytes:
+    meta: dict[str, str] = {"resourceVersion": str(rv)}
+    if token:
+        meta["continue"] = token
+    return orjson.dumps({"kind": "NodeList", "apiVersion": "v1", "metadata": meta,
+                         "items": [node(n, rv) for n in names]})
+
+
+def status(code: int, reason: str, message: str = "", **details: Any) -> dict[str, Any]:
+    st: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                          "reason": reason, "message": message}
+    if details:
+        st["details"] = details
+    return st
+
+
+def http_error(code: int, st: dict[str, Any] | None = None, retry_after: str | None = None) -> ApiError:
+    return ApiError.from_response(code, orjson.dumps(st) if st is not None else b"not a status", retry_after)
+
+
+TOO_LARGE_CAUSE = {"causes": [{"type": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                   "retryAfterSeconds": 1}
+TOO_LARGE = "Too large resource version: 999, current: 9"
+
+
+def synced(r: Rig, rv: int = 10) -> None:
+    """List (one page) and open the watch, as after start-up."""
+    assert isinstance(r.machine.next_action(), ListPage)
+    r.machine.list_page(page(rv, "a", "b"))
+    assert isinstance(r.machine.next_action(), Watch)
+    r.machine.watch_opened()
+
+
+def next_request(r: Rig) -> Action:
+    """The next request, skipping (and returning nothing of) a back-off."""
+    action = r.machine.next_action()
+    return r.machine.next_action() if isinstance(action, Sleep) else action
+
+
+# ---- requests ----------------------------------------------------------------------------------------
+
+
+def test_a_list_is_asked_in_pages_and_reaches_the_sink_whole_at_the_first_pages_rv() -> None:
+    r = rig()
+    assert r.machine.next_action() == ListPage({"limit": "2"})
+    r.machine.list_page(page(7, "a", "b", token="tok-1"))
+    assert r.sink.calls == [], "nothing reaches the sink before the last page"
+    assert r.machine.next_action() == ListPage({"limit": "2", "continue": "tok-1"})
+    r.machine.list_page(page(8, "c"))
+    assert r.sink.calls == [("replace", ["a", "b", "c"], 7)]
+    assert r.machine.rv == 7 and r.machine.state.synced_once and r.machine.state.connected
+    assert (r.machine.state.lists, r.machine.state.relists) == (1, 0)
+
+
+def test_the_watch_resumes_from_the_list_rv_with_bookmarks_and_a_jittered_server_timeout() -> None:
+    r = rig()
+    r.machine.next_action()
+    r.machine.list_page(page(42, "a"))
+    assert r.machine.next_action() == Watch({"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": "42",
+                                             "timeoutSeconds": "600"})
+    assert r.rng.randints == [(300, 600)]
+
+
+def test_watch_timeout_seconds_stay_within_the_configured_range() -> None:
+    m = ListWatch(NODES, RecordingSink(), SETTINGS, clock=FakeClock(), rng=random.Random(13))
+    m.next_action()
+    m.list_page(page(1, "a"))
+    seen = set()
+    for _ in range(500):
+        action = m.next_action()
+        assert isinstance(action, Watch)
+        seen.add(int(action.params["timeoutSeconds"]))
+    assert min(seen) >= 300 and max(seen) <= 600 and len(seen) > 100
+
+
+# ---- events --------------------------------------------------------------------------------------------
+
+
+def test_events_reach_the_sink_without_kind_and_advance_the_rv() -> None:
+    r = rig()
+    synced(r, 10)
+    assert r.machine.event({"type": "ADDED", "object": node("c", 11)})
+    assert r.machine.event({"type": "MODIFIED", "object": node("a", 12)})
+    assert r.machine.event({"type": "DELETED", "object": node("b", 13)})
+    assert r.sink.calls[1:] == [("apply", "ADDED", "c", "11"), ("apply", "MODIFIED", "a", "12"),
+                                ("apply", "DELETED", "b", "13")]
+    assert r.machine.rv == 13 and r.machine.state.events == 3
+
+
+def test_a_bookmark_advances_the_rv_that_the_next_watch_resumes_from() -> None:
+    r = rig()
+    synced(r, 10)
+    assert r.machine.event({"type": "BOOKMARK", "object": {"kind": "Node", "apiVersion": "v1",
+                                                           "metadata": {"resourceVersion": "25"}}})
+    assert r.sink.calls[-1] == ("bookmark", 25)
+    assert r.machine.rv == 25 and r.machine.state.events == 0
+    r.clock.now += 2
+    r.machine.watch_ended()
+    action = r.machine.next_action()
+    assert isinstance(action, Watch) and action.params["resourceVersion"] == "25"
+
+
+def test_an_older_event_never_moves_the_rv_back() -> None:
+    r = rig()
+    synced(r, 10)
+    r.machine.event({"type": "MODIFIED", "object": node("a", 20)})
+    r.machine.event({"type": "MODIFIED", "object": node("b", 15)})
+    assert r.machine.rv == 20
+
+
+UNTRUSTED: dict[str, object] = {
+    "not-an-object": [1, 2, "three"],
+    "object-not-an-object": {"type": "MODIFIED", "object": "x"},
+    "wrong-kind": {"type": "MODIFIED", "object": {**node("a", 11), "kind": "Service"}},
+    "missing-rv": {"type": "MODIFIED", "object": {"kind": "Node", "metadata": {"name": "a"}}},
+    "rv-not-digits": {"type": "MODIFIED", "object": node("a", 11) | {"metadata": {"name": "a",
+                                                                                  "resourceVersion": "1_0"}}},
+    "rv-of-5000-digits": {"type": "MODIFIED", "object": node("a", 11) | {"metadata": {"name": "a",
+                                                                                      "resourceVersion": "9" * 5000}}},
+    "metadata-not-an-object": {"type": "MODIFIED", "object": {"kind": "Node", "metadata": ["a"]}},
+    "no-name": {"type": "ADDED", "object": {"kind": "Node", "metadata": {"resourceVersion": "11"}}},
+    "unknown-type": {"type": "EXPLODED", "object": node("a", 11)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNTRUSTED))
+def test_an_untrusted_event_ends_the_watch_and_relists_after_a_back_off(case: str) -> None:
+    r = rig()
+    synced(r, 10)
+    assert r.machine.event(UNTRUSTED[case]) is False
+    assert r.sink.calls == [("replace", ["a", "b"], 10)], "nothing of it reached the sink"
+    assert r.machine.rv == 10
+    assert isinstance(r.machine.next_action(), Sleep)
+    assert r.machine.next_action() == ListPage({"limit": "2"})
+    r.machine.list_page(page(12, "a"))
+    assert r.machine.state.relists == 1
+
+
+def test_an_undecodable_line_resumes_the_watch_from_the_last_applied_rv_without_a_relist() -> None:
+    r = rig()
+    synced(r, 10)
+    r.machine.event({"type": "MODIFIED", "object": node("a", 11)})
+    r.machine.undecodable(ValueError("unexpected end of data"))
+    assert not r.machine.state.connected and "undecodable" in r.machine.state.last_error
+    action = next_request(r)
+    assert isinstance(action, Watch) and action.params["resourceVersion"] == "11"
+
+
+# ---- answers that reject the resourceVersion -----------------------------------------------------------
+
+REJECTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "http-410-expired": ("http", status(410, "Expired", "too old resource version: 1 (5)")),
+    "http-410-gone": ("http", status(410, "Gone", "gone")),
+    "http-504-too-large-cause": ("http", status(504, "Timeout", TOO_LARGE, **TOO_LARGE_CAUSE)),
+    "http-504-too-large-message-only": ("http", status(504, "Timeout", TOO_LARGE)),
+    "event-410-expired": ("event", status(410, "Expired", "too old resource version: 1 (5)")),
+    "event-410-unknown-reason": ("event", status(410, "SomethingNew", "")),
+    "event-504-too-large-cause": ("event", status(504, "Timeout", TOO_LARGE, **TOO_LARGE_CAUSE)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTIONS))
+def test_an_answer_that_rejects_the_rv_relists_without_one(case: str) -> None:
+    how, st = REJECTIONS[case]
+    r = rig()
+    synced(r, 10)
+    if how == "http":
+        r.machine.failed(http_error(st["code"], st))
+    else:
+        assert r.machine.event({"type": "ERROR", "object": st}) is False
+    assert r.machine.state.reconnects == 0, "not a lost connection"
+    assert isinstance(r.machine.next_action(), Sleep)
+    assert r.machine.next_action() == ListPage({"limit": "2"}), "a consistent list: no resourceVersion"
+    r.machine.list_page(page(30, "a"))
+    assert r.sink.calls[-1] == ("replace", ["a"], 30) and r.machine.state.relists == 1
+    assert r.regressions == []
+
+
+def test_a_504_that_is_not_about_the_rv_is_a_lost_connection_not_a_relist() -> None:
+    r = rig()
+    synced(r, 10)
+    r.machine.failed(http_error(504, status(504, "Timeout", "request timed out")))
+    assert r.machine.state.reconnects == 1 and "HTTP 504" in r.machine.state.last_error
+    assert isinstance(next_request(r), Watch)
+
+
+# ---- other errors: back off and retry where it was -----------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [
+    http_error(500, status(500, "InternalError", "etcd is sad")),
+    http_error(503, None),
+    TransportError("Cannot connect to host 127.0.0.1:6443"),
+    ReadTimeout("no data within the read timeout (SocketTimeoutError)"),
+], ids=["500", "503-no-status", "unreachable", "read-timeout"])
+def test_a_failed_watch_backs_off_and_resumes_from_its_rv(error: Exception) -> None:
+    r = rig()
+    synced(r, 10)
+    r.machine.event({"type": "MODIFIED", "object": node("a", 14)})
+    r.clock.now = 1234.0
+    r.machine.failed(error)
+    st = r.machine.state
+    assert not st.connected and st.reconnects == 1 and st.disconnected_since == 1234.0
+    assert st.last_error == str(error)
+    action = r.machine.next_action()
+    assert isinstance(action, Sleep)
+    action = r.machine.next_action()
+    assert isinstance(action, Watch) and action.params["resourceVersion"] == "14"
+    assert st.relists == 0
+
+
+def test_a_read_timeout_says_so_in_the_last_error() -> None:
+    r = rig()
+    synced(r)
+    r.machine.failed(ReadTimeout("no data within the read timeout (SocketTimeoutError)"))
+    assert "read timeout" in r.machine.state.last_error
+
+
+def test_a_failure_in_the_middle_of_a_paged_list_starts_the_list_over() -> None:
+    r = rig()
+    r.machine.next_action()
+    r.machine.list_page(page(7, "a", "b", token="tok-1"))
+    assert r.machine.next_action() == ListPage({"limit": "2", "continue": "tok-1"})
+    r.machine.failed(TransportError("connection reset"))
+    assert next_request(r) == ListPage({"limit": "2"})
+    r.machine.list_page(page(9, "z"))
+    assert r.sink.calls == [("replace", ["z"], 9)], "no page of the abandoned list"
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"kind":"NodeList","items":[', "not JSON"),
+    (b'["a list"]', "not a list object"),
+    (orjson.dumps({"kind": "NodeList", "items": [], "metadata": {}}), "resourceVersion"),
+    (orjson.dumps({"kind": "NodeList", "items": [], "metadata": "x"}), "resourceVersion"),
+    (orjson.dumps({"kind": "NodeList", "items": {}, "metadata": {"resourceVersion": "3"}}), "not a list object"),
+])
+def test_a_malformed_list_answer_is_a_failure_and_the_list_is_asked_again(body: bytes, says: str) -> None:
+    r = rig()
+    r.machine.next_action()
+    r.machine.list_page(body)
+    st = r.machine.state
+    assert says in st.last_error and st.reconnects == 1 and not st.synced_once
+    assert next_request(r) == ListPage({"limit": "2"})
+    assert r.sink.calls == []
+
+
+def test_malformed_list_items_are_skipped_and_the_rest_reaches_the_sink() -> None:
+    r = rig()
+    r.machine.next_action()
+    r.machine.list_page(orjson.dumps({"metadata": {"resourceVersion": "5"},
+                                      "items": [node("a", 5), {"metadata": {"name": ""}}, 7, node("b", 5)]}))
+    assert r.sink.calls == [("replace", ["a", "b"], 5)]
+
+
+def test_an_unreadable_stream_relists() -> None:
+    r = rig()
+    synced(r)
+    r.clock.now = 2000.0
+    r.machine.failed(UnreadableStream("Got more than 4194304 bytes when reading"))
+    assert not r.machine.state.connected and r.machine.state.disconnected_since == 2000.0
+    assert next_request(r) == ListPage({"limit": "2"})
+
+
+def test_an_unexpected_error_relists_rather_than_stopping() -> None:
+    r = rig()
+    synced(r)
+    r.machine.failed(KeyError("a bug somewhere"))
+    assert not r.machine.state.connected
+    assert next_request(r) == ListPage({"limit": "2"})
+
+
+# ---- Retry-After -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("error", "at_least"), [
+    (http_error(429, status(429, "TooManyRequests", "slow down"), retry_after="7"), 7.0),
+    (http_error(429, status(429, "TooManyRequests", "slow down", retryAfterSeconds=3)), 3.0),
+    (http_error(429, status(429, "TooManyRequests", "", retryAfterSeconds=3), retry_after="9"), 9.0),
+    (http_error(429, None, retry_after="99999999"), 3600.0),
+    (http_error(503, None, retry_after="Wed, 21 Oct 2015 07:28:00 GMT"), 0.0),
+    (http_error(503, None, retry_after="1_0"), 0.0),
+    (http_error(503, None, retry_after="\u0661\u0662"), 0.0),
+    (http_error(503, None, retry_after="-5"), 0.0),
+], ids=["header", "status-details", "header-first", "capped", "http-date", "underscore", "arabic-digits",
+        "negative"])
+def test_429_retry_after_is_honoured_when_it_is_delay_seconds(error: ApiError, at_least: float) -> None:
+    assert error.retry_after == at_least
+    r = rig(frac=0.0)  # the jitter alone would wait backoff_initial / 2
+    synced(r)
+    r.machine.failed(error)
+    assert r.machine.next_action() == Sleep(max(at_least, SETTINGS.backoff_initial / 2))
+    assert isinstance(r.machine.next_action(), Watch), "a throttled watch is retried, not relisted"
+
+
+def test_a_throttled_watch_error_event_waits_its_retry_after_seconds() -> None:
+    r = rig(frac=0.0)
+    synced(r)
+    st = status(429, "TooManyRequests", "slow down", retryAfterSeconds=5)
+    assert r.machine.event({"type": "ERROR", "object": st}) is False
+    assert r.machine.state.reconnects == 1 and "slow down" in r.machine.state.last_error
+    assert r.machine.next_action() == Sleep(5.0)
+    assert isinstance(r.machine.next_action(), Watch)
+
+
+# ---- back-off -----------------------------------------------------------------------------------------------
+
+
+def test_back_off_doubles_with_full_jitter_up_to_the_cap_and_resets_after_a_healthy_watch() -> None:
+    r = rig(frac=0.5)
+    synced(r)
+    sleeps = []
+    for _ in range(6):
+        r.machine.failed(TransportError("refused"))
+        action = r.machine.next_action()
+        assert isinstance(action, Sleep)
+        sleeps.append(action.seconds)
+        assert isinstance(r.machine.next_action(), Watch)
+    assert r.rng.uniforms == [(0.25, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (2.0, 4.0), (2.0, 4.0)]
+    assert sleeps == [0.375, 0.75, 1.5, 3.0, 3.0, 3.0]
+    # A watch that lasted, or delivered anything, resets it.
+    r.machine.watch_opened()
+    r.clock.now += VERY_SHORT_WATCH + 0.5
+    r.machine.watch_ended()
+    assert isinstance(r.machine.next_action(), Watch), "a normal end resumes at once"
+    r.machine.failed(TransportError("refused"))
+    assert r.rng.uniforms[-1] == (0.25, 0.5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_back_off_sleeps_stay_within_their_jitter_bounds(seed: int) -> None:
+    m = ListWatch(NODES, RecordingSink(), SETTINGS, clock=FakeClock(), rng=random.Random(seed))
+    bound = SETTINGS.backoff_initial
+    for _ in range(12):
+        m.failed(TransportError("refused"))
+        action = m.next_action()
+        assert isinstance(action, Sleep) and bound / 2 <= action.seconds <= bound
+        m.next_action()
+        bound = min(bound * 2, SETTINGS.backoff_max)
+
+
+def test_a_normal_watch_end_resumes_at_once_from_the_last_rv() -> None:
+    r = rig()
+    synced(r, 10)
+    r.machine.event({"type": "MODIFIED", "object": node("a", 11)})  # any event: a healthy watch
+    r.machine.watch_ended()
+    action = r.machine.next_action()
+    assert isinstance(action, Watch) and action.params["resourceVersion"] == "11"
+    assert r.machine.state.connected and r.machine.state.relists == 0
+
+
+def test_a_very_short_empty_watch_backs_off_before_watching_again() -> None:
+    r = rig()
+    synced(r, 10)
+    r.clock.now += VERY_SHORT_WATCH / 2
+    r.machine.watch_ended()
+    assert isinstance(r.machine.next_action(), Sleep)
+    action = r.machine.next_action()
+    assert isinstance(action, Watch) and action.params["resourceVersion"] == "10", "no relist"
+    r.machine.watch_opened()
+    r.machine.watch_ended()  # again at once: the back-off grows
+    assert r.rng.uniforms == [(0.25, 0.5), (0.5, 1.0)]
+
+
+# ---- the timeline going back ------------------------------------------------------------------------------
+
+
+def test_a_list_below_an_rv_already_seen_reports_the_timeline_went_back_then_takes_the_list() -> None:
+    r = rig()
+    synced(r, 100)
+    r.machine.event({"type": "MODIFIED", "object": node("a", 120)})
+    r.machine.failed(http_error(410, status(410, "Expired", "too old")))
+    next_request(r)
+    r.machine.list_page(page(40, "a"))
+    assert r.regressions == [(120, 40)]
+    assert r.sink.calls[-1] == ("replace", ["a"], 40) and r.machine.rv == 40
+
+
+def test_a_snapshot_rv_counts_as_seen_for_the_first_list() -> None:
+    r = rig()
+    r.machine.rv = 500  # what Informers.start does with a restored cache
+    r.machine.next_action()
+    r.machine.list_page(page(40, "a"))
+    assert r.regressions == [(500, 40)]
+
+
+def test_after_forget_rv_a_lower_list_is_the_new_timeline_not_a_regression() -> None:
+    r = rig()
+    synced(r, 100)
+    r.machine.forget_rv()
+    assert r.machine.next_action() == ListPage({"limit": "2"})
+    r.machine.list_page(page(40, "a"))
+    assert r.regressions == [] and r.machine.rv == 40
+
+
+def test_forget_rv_in_the_middle_of_a_paged_list_drops_its_pages() -> None:
+    r = rig()
+    r.machine.next_action()
+    r.machine.list_page(page(7, "a", "b", token="tok-1"))
+    r.machine.forget_rv()
+    assert r.machine.next_action() == ListPage({"limit": "2"})
+    r.machine.list_page(page(3, "z"))
+    assert r.sink.calls == [("replace", ["z"], 3)]
+
+
+# ---- state ----------------------------------------------------------------------------------------------------
+
+
+def test_the_state_tracks_connection_and_events_on_the_injected_clock() -> None:
+    r = rig()
+    assert r.machine.state.disconnected_since == 1000.0 and not r.machine.state.connected
+    synced(r)
+    r.clock.now = 1500.0
+    r.machine.event({"type": "ADDED", "object": node("z", 11)})
+    assert r.machine.state.last_event_at == 1500.0
+    r.clock.now = 1600.0
+    r.machine.failed(TransportError("reset"))
+    assert r.machine.state.disconnected_since == 1600.0
+    r.clock.now = 1700.0
+    r.machine.failed(TransportError("refused"))
+    assert r.machine.state.disconnected_since == 1600.0, "lost once, not at every retry"
+    next_request(r)
+    r.machine.watch_opened()
+    assert r.machine.state.connected and r.machine.state.last_error == ""
