@@ -26,7 +26,8 @@ from wrapper.heap import HEAP, GcTuning, HeapHold
 from wrapper.listener import ConnectionGuard, ConnectionLimits, GuardedSite
 from wrapper.local_node import DEFAULT_REPEAT, LocalNodeMonitor
 from wrapper.metrics import Metrics
-from wrapper.serving import ServeSettings, WatchRegistry
+from wrapper.serving import ServeSettings
+from wrapper.watch_registry import WatchRegistry
 
 
 class StartupError(Exception):
