@@ -144,6 +144,7 @@ async def test_on_another_interpreter_auto_declines_once_and_on_forces_the_regim
     assert gc_state() == before and not other.running
     forced = other.hold(ready, "on")
     assert forced is not None and other.running
+    assert gc.get_freeze_count() > 0, "what the process held before its first wrapper is frozen at once"
     await wait_for(lambda: gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER), 5,
                    "young-only collection while the first sync runs")
     await forced.release()

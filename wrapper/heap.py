@@ -112,11 +112,14 @@ class HeapManager:
     """The process's heap regime, shared by every wrapper the process runs.
 
     Owns the schedule's task, the collector state saved before it started and the count of
-    wrappers holding it. The first holder saves the collector's state and starts the schedule,
-    which turns to its timed passes once any holder's cache has synced; the last holder to let
-    go stops it and restores that state (automatic collection and thresholds as they were,
-    nothing frozen). Called by ``wrapper.compose``: ``start_wrapper`` holds it, ``stop_wrapper``
-    lets go. One per process (``HEAP``); tests build their own to fake the interpreter version.
+    wrappers holding it. The first holder saves the collector's state, freezes what the process
+    already holds and starts the schedule, which turns to its timed passes once any holder's
+    cache has synced; the last holder to let go stops it and restores that state (automatic
+    collection and thresholds as they were, nothing frozen). Freezing what the process holds at
+    the first hold keeps the post-sync collection to what the wrappers allocated: a process that
+    starts many wrappers (the tests) does not scan its whole heap for each. Called by
+    ``wrapper.compose``: ``start_wrapper`` holds it, ``stop_wrapper`` lets go. One per process
+    (``HEAP``); tests build their own to fake the interpreter version.
     """
 
     def __init__(self, version: tuple[int, int] | None = None) -> None:
@@ -156,6 +159,9 @@ class HeapManager:
             self._restore()
         if self.holders == 0:
             self._saved = (gc.isenabled(), gc.get_threshold())
+            # What the process holds before a wrapper starts (imports, flags, config) lives as long
+            # as the process: frozen now, so the post-sync collection scans only what wrappers allocated.
+            gc.freeze()
             self._synced = asyncio.Event()
             self._task = loop.create_task(manage_heap(self._synced), name="heap")
         assert self._synced is not None
