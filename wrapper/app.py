@@ -92,7 +92,7 @@ class Front:
         self.upstream = upstream
         self.settings = settings
         self.registry = registry if registry is not None else WatchRegistry()  # empty is falsy
-        self.lists = ListBodies()
+        self.list_bodies = ListBodies()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -130,7 +130,7 @@ class Front:
                 return await serve_get(request, view, self.settings, rp.namespace, rp.name, form)
             if opts.watch:
                 return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry, form)
-            return await serve_list(request, view, opts, self.settings, rp.namespace, self.lists, form)
+            return await serve_list(request, view, opts, self.settings, rp.namespace, self.list_bodies, form)
         if self.upstream is None:
             raise status.not_found("", "", path)
         if "Authorization" in request.headers:
