@@ -5,25 +5,24 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
 from apisim import discovery, errors, listing, reviews
+from apisim.faults import Faults
 from apisim.patch import PATCH_TYPES
-from apisim.registry import copy_json, now_rfc3339
-from apisim.store import Entry, with_type
-from apisim.watch import TableMode, WatchRequest, run_watch
+from apisim.registry import Registry, copy_json, now_rfc3339
+from apisim.reviews import Reviews
+from apisim.store import Entry, Store, with_type
+from apisim.watch import TableMode, WatchControl, WatchRequest, run_watch
 from kubeapi import partial, status, tables
 from kubeapi.listoptions import parse_list_options
 from kubeapi.negotiation import PARTIAL, PARTIAL_LIST, Target, negotiate
 from kubeapi.resources import Resource, ResourcePath, match_path
 from kubeapi.status import StatusError
 from kubeapi.types import JSONDict
-
-if TYPE_CHECKING:
-    from apisim.server import Simulator
 
 JSON = "application/json"
 _EVENTS = re.compile(r"^/(?:api/v1|apis/events\.k8s\.io/v1)/namespaces/(?P<ns>[^/]+)/events(?:/(?P<name>[^/]+))?/?$")
@@ -54,8 +53,29 @@ async def _body(request: web.Request) -> Any:
         raise status.bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
 
 
+class SimState(Protocol):
+    """What the handlers read and drive of a simulator (``apisim.server.Simulator`` implements it)."""
+
+    host: str
+    port: int
+    started_at: str
+    default_watch_timeout: float
+    paginate_rv0: bool
+    store: Store
+    registry: Registry
+    faults: Faults
+    reviews: Reviews
+    watch_ctl: WatchControl
+
+    async def wait_rv(self, rv: int) -> bool: ...
+
+    def record_event(self, obj: JSONDict) -> None: ...
+
+
 class Handlers:
-    def __init__(self, sim: Simulator) -> None:
+    """The simulated apiserver's request handlers; the simulator's app routes every request here."""
+
+    def __init__(self, sim: SimState) -> None:
         self.sim = sim
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

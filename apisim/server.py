@@ -18,7 +18,7 @@ from aiohttp import web
 from apisim import errors
 from apisim.authn import Authenticator, Seen
 from apisim.faults import Faults
-from apisim.handlers import Handlers
+from apisim.handlers import Handlers, status_response
 from apisim.listing import Filter
 from apisim.patch import MERGE
 from apisim.registry import Registry, now_rfc3339
@@ -90,8 +90,7 @@ class Simulator:
         user = self.authn.authenticate(request)
         self.authn.record(request, user)
         if user is None:
-            return web.Response(body=orjson.dumps(errors.unauthorized().status), status=401,
-                                content_type="application/json")
+            return status_response(errors.unauthorized())
         return await handler(request)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:

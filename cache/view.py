@@ -76,9 +76,6 @@ class Event:
     # True for the event that moved the view's RV to ``rv`` (the last of its batch): a client
     # at ``rv`` has seen it. Other events at ``rv`` came after the view reached it.
     advanced: bool
-    # Per selection (namespace and selectors), the line its watchers get; many watchers share
-    # one selection (every kube-proxy sends the same selectors), so each is computed once.
-    selected: dict[str, bytes] | None = None
 
     def object(self) -> JSONDict:
         """The event's whole object (decoded again: only table watchers need it)."""
@@ -142,6 +139,13 @@ def stamp(obj: JSONDict, rv: int) -> JSONDict:
 
 
 class View:
+    """One resource's served objects and their bounded event history.
+
+    Owns the served entries, the history and the wake-ups of waiting watchers. The cache
+    (``cache/cluster.py``) writes it (``load``, ``publish``, ``advance``); the HTTP front reads it
+    only through ``cache.reader.ViewReader``, which this class implements.
+    """
+
     def __init__(
         self, resource: Resource, *, max_events: int = 20000, budget: HistoryBudget | None = None,
         wake_interval: float = DEFAULT_WAKE_INTERVAL,
@@ -156,7 +160,7 @@ class View:
         self._events: list[Event] = []
         self._start = 0  # index of the oldest live event in _events (trimmed lazily)
         self.history_bytes = 0
-        self.resets = 0  # with head() and rv, identifies the served state (list bodies are cached by it)
+        self.resets = 0  # with head() and rv, identifies the served state (``version``)
         self._next_seq = 0
         # A client resuming from an RV below this has lost events to eviction.
         self._expired_below = 0
@@ -175,7 +179,6 @@ class View:
         self._wake_handle: asyncio.TimerHandle | None = None
         self._sorted_keys: list[str] | None = None
         self._kind_prefix = orjson.dumps({"kind": resource.kind, "apiVersion": resource.api_version})[:-1] + b","
-        self.watchers = 0
 
     # ---- serialization -------------------------------------------------------------
 
@@ -297,7 +300,20 @@ class View:
             self._set_rv(rv)
             self.wake()
 
-    # ---- reads (the HTTP front calls these) ------------------------------------------
+    # ---- reads (cache.reader.ViewReader: the HTTP front calls these) ------------------
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        return (self.resets, self._next_seq, self.rv)
+
+    def get(self, key: str) -> Entry | None:
+        return self.objects.get(key)
+
+    def count(self) -> int:
+        return len(self.objects)
+
+    def oldest(self) -> int:
+        return self._events[self._start].seq if self._start < len(self._events) else self._next_seq
 
     def sorted_entries(self) -> Iterator[Entry]:
         if self._sorted_keys is None:
@@ -385,7 +401,6 @@ class View:
             "historyBytes": self.history_bytes,
             "oldestResumableRV": str(self._expired_below),
             "timelineResets": self.timeline_resets,
-            "watchers": self.watchers,
         }
 
     # ---- internals -------------------------------------------------------------------

@@ -1,7 +1,14 @@
-"""Kubernetes ``Status`` objects, as the apiserver builds them for errors."""
+"""Kubernetes ``Status`` objects, as the apiserver builds them for errors.
+
+Every Status the wrapper answers is built here, by a builder named for its reason; the wrapper
+turns a ``StatusError`` into a response in one place (``wrapper/responses.py``).
+"""
 
 from __future__ import annotations
 
+import math
+
+from kubeapi.resources import Resource
 from kubeapi.types import Status, StatusDetails
 
 _REASON_BY_CODE = {
@@ -99,3 +106,41 @@ def method_not_allowed(method: str, what: str) -> StatusError:
 
 def service_unavailable(message: str) -> StatusError:
     return StatusError(failure(503, message, "ServiceUnavailable"))
+
+
+def unauthorized(message: str) -> StatusError:
+    return StatusError(failure(401, message, "Unauthorized"))
+
+
+def forbidden(message: str, details: StatusDetails | None = None) -> StatusError:
+    return StatusError(failure(403, message, "Forbidden", details))
+
+
+def forbidden_verb(user: str, verb: str, resource: Resource, namespace: str | None, reason: str) -> StatusError:
+    """403 as the apiserver's authorizer words it: who may not do what, where, and why."""
+    where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    what = f"{resource.plural}.{resource.group}" if resource.group else resource.plural
+    msg = f'{what} is forbidden: User "{user}" cannot {verb} resource "{resource.plural}" in API group ' \
+          f'"{resource.group}"{where}'
+    if reason:
+        msg += f": {reason}"
+    return forbidden(msg, {"group": resource.group, "kind": resource.plural})
+
+
+def conflict(message: str) -> StatusError:
+    return StatusError(failure(409, message, "Conflict"))
+
+
+def request_entity_too_large(limit: int) -> StatusError:
+    return StatusError(failure(413, f"request entity too large: limit is {limit} bytes", "RequestEntityTooLarge"))
+
+
+def too_many_requests(retry_after: float, message: str = "Too many requests, please try again later.") -> StatusError:
+    """429 with ``retryAfterSeconds`` (whole seconds, at least 1); the default message is the
+    apiserver's max-in-flight filter's."""
+    seconds = max(1, math.ceil(retry_after))
+    return StatusError(failure(429, message, "TooManyRequests", {"retryAfterSeconds": seconds}))
+
+
+def internal_error(message: str) -> StatusError:
+    return StatusError(failure(500, f"Internal error occurred: {message}", "InternalError"))

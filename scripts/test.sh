@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Run the tests"; .ci/run runs exactly this).
-# Creates .venv if needed, installs the package with its test extra, then lints,
-# type-checks and runs the whole test suite.
+# Creates .venv if needed, installs the package with its test extra, then lints, type-checks,
+# checks the import contracts (pyproject.toml [tool.importlinter]) and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,4 +15,5 @@ fi
 export PATH="$PATH:$PWD/.venv/bin"
 .venv/bin/ruff check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-logo
 .venv/bin/pytest -q "$@"

@@ -185,7 +185,7 @@ async def test_two_hundred_concurrent_watches_and_list_bursts_all_converge_and_l
             for w in watches:
                 await w.stop()
     await wait_for(lambda: len(wrapper.watches) == 0, 10, "every watch handler to end")
-    assert all(v.watchers == 0 for v in wrapper.cache.views.values())
+    assert all(wrapper.watches.watchers(name) == 0 for name in wrapper.cache.views)
 
 
 # ---- shutdown ---------------------------------------------------------------------------------------------

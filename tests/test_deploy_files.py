@@ -638,3 +638,11 @@ def _iter_containers(docs: list[Doc]) -> Iterator[Doc]:
 def test_rendered_images_are_never_latest() -> None:
     for c in _iter_containers(kustomize(MANIFESTS)):
         assert not c["image"].endswith(":latest") and ":" in c["image"].rsplit("/", 1)[-1]
+
+
+def test_the_image_and_the_daemonset_cap_malloc_arenas(container: Doc) -> None:
+    # glibc reads MALLOC_ARENA_MAX at start; wrapper/heap.py no longer calls mallopt itself.
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MALLOC_ARENA_MAX"]["value"] == "2"
+    final = parse_dockerfile(DOCKERFILE.read_text())[-1]
+    assert "MALLOC_ARENA_MAX=2" in " ".join(final.args("ENV")).split(), "the image's ENV sets it"

@@ -1,4 +1,6 @@
-"""The garbage collector's schedule: young-only automatic runs, freeze after sync, maintenance."""
+"""The heap regime: young-only automatic runs, freeze after sync, maintenance; shared by every
+wrapper of the process, started by the composition root, and only on the interpreter it was
+measured on unless forced."""
 
 from __future__ import annotations
 
@@ -10,7 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from wrapper.heap import NEVER, YOUNG_THRESHOLD, manage_heap, trim, tune_malloc
+from apisim.server import Simulator
+from cache.apiclient import ApiClient
+from tests.support.faultkit import wait_for
+from tests.support.stack import wait_ready
+from wrapper.compose import Running, start_wrapper, stop_wrapper
+from wrapper.heap import HEAP, MEASURED_ON, NEVER, YOUNG_THRESHOLD, HeapManager, manage_heap, trim
+from wrapper.options import build_parser
 
 
 class Node:
@@ -77,8 +85,98 @@ async def test_the_full_pass_reclaims_cycles_that_died_after_being_frozen() -> N
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
-def test_on_glibc_malloc_is_tuned_and_freed_heap_pages_can_be_returned() -> None:
-    assert tune_malloc(), "mallopt accepted the arena cap"
+def test_on_glibc_freed_heap_pages_can_be_returned() -> None:
+    # The arena cap is MALLOC_ARENA_MAX in the image and the DaemonSet (test_deploy_files).
     blocks = [bytearray(64 * 1024) for _ in range(2000)]  # 128 MB of heap blocks, below the mmap threshold
     del blocks
     assert trim(), "malloc_trim released the freed pages"
+
+
+def gc_state() -> tuple[bool, tuple[int, ...], int]:
+    return gc.isenabled(), gc.get_threshold(), gc.get_freeze_count()
+
+
+_CLIENTS: dict[int, ApiClient] = {}
+
+
+async def start(sim: Simulator, gc_tuning: str = "auto") -> Running:
+    client = ApiClient(sim.url)
+    running = await start_wrapper(client, "bj-1", ("127.0.0.1", 0),
+                                  gc_tuning=build_parser().parse_args(["--gc-tuning", gc_tuning]).gc_tuning)
+    _CLIENTS[id(running)] = client  # whoever creates the client closes it: see stop()
+    await wait_ready(running)
+    return running
+
+
+async def stop(running: Running) -> None:
+    await stop_wrapper(running)
+    await _CLIENTS.pop(id(running)).close()
+
+
+@pytest.mark.skipif(sys.version_info[:2] != MEASURED_ON, reason="auto runs the regime only where it was measured")
+async def test_wrappers_run_the_regime_from_the_composition_root_and_the_last_one_to_stop_restores_the_collector(
+    sim: Simulator,
+) -> None:
+    before = gc_state()
+    assert before[0] and before[2] == 0
+    first = await start(sim)
+    await wait_for(lambda: not gc.isenabled(), 10, "the timed passes to replace automatic collection after sync")
+    assert gc.get_freeze_count() > 0, "what survived the first sync is frozen"
+    second = await start(sim)
+    await stop(first)
+    assert HEAP.running and not gc.isenabled(), "a wrapper still runs: the regime stays"
+    await stop(second)
+    assert not HEAP.running
+    assert gc_state() == before, "the last wrapper to stop gives the collector back as it was"
+
+
+async def test_gc_tuning_off_leaves_the_collector_alone(sim: Simulator) -> None:
+    before = gc_state()
+    running = await start(sim, "off")
+    try:
+        assert not HEAP.running and gc_state() == before
+    finally:
+        await stop(running)
+    assert gc_state() == before
+
+
+async def test_on_another_interpreter_auto_declines_once_and_on_forces_the_regime(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    other = HeapManager(version=(MEASURED_ON[0], MEASURED_ON[1] + 2))
+    ready = asyncio.Event()
+    before = gc_state()
+    with caplog.at_level("INFO", logger="application_grid_wrapper.heap"):
+        assert other.hold(ready, "auto") is None
+        assert other.hold(ready, "auto") is None
+    declined = [r for r in caplog.records if "measured on" in r.getMessage()]
+    assert len(declined) == 1, "said once, not per wrapper"
+    assert gc_state() == before and not other.running
+    forced = other.hold(ready, "on")
+    assert forced is not None and other.running
+    assert gc.get_freeze_count() > 0, "what the process held before its first wrapper is frozen at once"
+    await wait_for(lambda: gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER), 5,
+                   "young-only collection while the first sync runs")
+    await forced.release()
+    await forced.release()  # releasing twice lets go once
+    assert gc_state() == before and other.holders == 0
+
+
+def test_holders_from_an_event_loop_that_ended_do_not_pin_the_regime() -> None:
+    manager = HeapManager(version=MEASURED_ON)
+    before = gc_state()
+
+    async def leak() -> None:
+        ready = asyncio.Event()
+        ready.set()
+        manager.hold(ready)  # never released: its loop ends with the regime running
+
+    async def hold_and_release() -> None:
+        hold = manager.hold(asyncio.Event())
+        assert hold is not None and manager.holders == 1, "the ended loop's holder is forgotten"
+        await hold.release()
+
+    asyncio.run(leak())
+    assert manager.holders == 1
+    asyncio.run(hold_and_release())
+    assert gc_state() == before and not manager.running

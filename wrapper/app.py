@@ -1,4 +1,4 @@
-"""The HTTP front: routes each request to the cache-backed handlers or to pass-through."""
+"""The HTTP front: routes each request to the reads served from the cache or to pass-through."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from cache.apiclient import ApiClient
-from cache.view import View
+from cache.reader import ViewReader
 from kubeapi import status
 from kubeapi.listoptions import parse_list_options
 from kubeapi.negotiation import negotiate
@@ -19,10 +18,15 @@ from kubeapi.resources import match_path
 from kubeapi.status import StatusError
 from wrapper.authz import ClientAuthorizer
 from wrapper.failures import FAILURES, FailureLog, failures_of
+from wrapper.getting import serve_get
 from wrapper.lending import check_lending
+from wrapper.listing import ListBodies, serve_list
 from wrapper.passthrough import forward
 from wrapper.paths import parse_target
-from wrapper.serving import ServeSettings, WatchRegistry, serve_get, serve_list, serve_watch, status_response
+from wrapper.responses import status_response
+from wrapper.serving import ServeSettings
+from wrapper.watch_registry import WatchRegistry
+from wrapper.watching import serve_watch
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +60,24 @@ class ReadyCheck:
 
 ReadyChecks = Callable[[], Sequence[ReadyCheck]]
 
-VIEWS = web.AppKey("views", Mapping[str, View])
+VIEWS = web.AppKey("views", Mapping[str, ViewReader])
 REGISTRY = web.AppKey("watch_registry", WatchRegistry)
 
 
 class Front:
-    """Routes each request: health, cached reads (wrapper/serving.py) or pass-through.
+    """The HTTP front: routes each request to health, a read served from the cache (list, get,
+    watch) or pass-through to the apiserver.
 
-    Owns the routing and the identity decision for pass-through (with wrapper/lending.py);
-    built by ``build_app``, which the CLI, the demo and the tests call.
+    Owns the routing, the identity decision for pass-through (with wrapper/lending.py), the list
+    bodies of its views (``ListBodies``) and its watches (``WatchRegistry``). It reads the cache
+    only through the views it is given (``cache.reader.ViewReader``). Built by ``build_app``,
+    which the composition root (``wrapper.compose``) and the tests call; aiohttp calls ``handle``
+    for every request and ``on_shutdown`` once.
     """
 
     def __init__(
         self,
-        views: Mapping[str, View],
+        views: Mapping[str, ViewReader],
         ready: Callable[[], bool],
         upstream: ApiClient | None,
         settings: ServeSettings,
@@ -84,6 +92,7 @@ class Front:
         self.upstream = upstream
         self.settings = settings
         self.registry = registry if registry is not None else WatchRegistry()  # empty is falsy
+        self.list_bodies = ListBodies()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -121,7 +130,7 @@ class Front:
                 return await serve_get(request, view, self.settings, rp.namespace, rp.name, form)
             if opts.watch:
                 return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry, form)
-            return await serve_list(request, view, opts, self.settings, rp.namespace, form)
+            return await serve_list(request, view, opts, self.settings, rp.namespace, self.list_bodies, form)
         if self.upstream is None:
             raise status.not_found("", "", path)
         if "Authorization" in request.headers:
@@ -157,13 +166,12 @@ async def _no_tracebacks(request: web.Request, handler: Callable[[web.Request], 
         raise
     except Exception as exc:
         failures_of(request).record(exc, f"{request.method} {request.path_qs[:300]}")
-        st = status.failure(500, "Internal error occurred: application-grid-wrapper could not serve this request; "
-                            "see its log", "InternalError")
-        return web.Response(body=orjson.dumps(st), status=500, content_type="application/json")
+        return status_response(status.internal_error("application-grid-wrapper could not serve this request; "
+                                                     "see its log"))
 
 
 def build_app(
-    views: Mapping[str, View],
+    views: Mapping[str, ViewReader],
     ready: Callable[[], bool],
     upstream: ApiClient | None,
     settings: ServeSettings | None = None,

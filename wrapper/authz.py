@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from cache.apiclient import ApiClient
 from cache.apierrors import ApiError, TransportError
 from kubeapi import status
 from kubeapi.resources import Resource
-from kubeapi.status import StatusError
+from kubeapi.status import forbidden_verb, too_many_requests, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -141,27 +140,6 @@ class _Unreachable(Exception):
     pass
 
 
-def unauthorized(message: str) -> StatusError:
-    return StatusError(status.failure(401, message, "Unauthorized"))
-
-
-def too_many_requests(retry_after: float) -> StatusError:
-    """What the apiserver answers when it sheds load (message of its max-in-flight filter)."""
-    seconds = max(1, math.ceil(retry_after))
-    return StatusError(status.failure(429, "Too many requests, please try again later.", "TooManyRequests",
-                                      {"retryAfterSeconds": seconds}))
-
-
-def forbidden(user: str, verb: str, resource: Resource, namespace: str | None, reason: str) -> StatusError:
-    where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-    what = f"{resource.plural}.{resource.group}" if resource.group else resource.plural
-    msg = f'{what} is forbidden: User "{user}" cannot {verb} resource "{resource.plural}" in API group ' \
-          f'"{resource.group}"{where}'
-    if reason:
-        msg += f": {reason}"
-    return StatusError(status.failure(403, msg, "Forbidden", {"group": resource.group, "kind": resource.plural}))
-
-
 class ClientAuthorizer:
     """Decides, per request, whether a client's token may read a cached resource.
 
@@ -241,9 +219,9 @@ class ClientAuthorizer:
             self._unreachable_until = self.clock() + self.unreachable_pause
             if usable is not None:
                 return self._enforce(usable, verb, resource, namespace)
-            raise StatusError(status.failure(
-                503, f"cannot authorize the request: the apiserver is unreachable ({exc}) and there is no "
-                "earlier decision for this client", "ServiceUnavailable")) from None
+            raise status.service_unavailable(
+                f"cannot authorize the request: the apiserver is unreachable ({exc}) and there is no "
+                "earlier decision for this client") from None
         self.decisions.put(key, decision)
         return self._enforce(decision, verb, resource, namespace)
 
@@ -252,7 +230,7 @@ class ClientAuthorizer:
         if not decision.user:
             raise unauthorized(f"Unauthorized: {decision.reason}")
         if not decision.allowed:
-            raise forbidden(decision.user, verb, resource, namespace, decision.reason)
+            raise forbidden_verb(decision.user, verb, resource, namespace, decision.reason)
 
     async def _post(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
         try:

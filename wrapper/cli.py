@@ -6,7 +6,6 @@ Start-up errors are one clear line and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -16,7 +15,6 @@ import uvloop
 
 from cache.apiclient import ApiClient, ConfigError
 from wrapper.compose import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
-from wrapper.heap import manage_heap, tune_malloc
 from wrapper.logs import configure_logging
 from wrapper.options import build_demo_parser, build_parser, check_exposure, connection_limits, serve_settings
 
@@ -26,7 +24,6 @@ log = logging.getLogger("application-grid-wrapper")
 async def serve_main(args: argparse.Namespace) -> None:
     if not args.hostname:
         raise StartupError("the local node name is unknown: pass --hostname or set NODE_NAME", 2)
-    tune_malloc()
     tls = tls_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
     try:
         client = await ApiClient.from_kubeconfig(args.kubeconfig)
@@ -41,14 +38,12 @@ async def serve_main(args: argparse.Namespace) -> None:
                                       snapshot_interval=args.snapshot_interval,
                                       offline_grace=None if args.ready_while_offline else args.offline_grace,
                                       authorizer=client_authorizer(client, args),
-                                      limits=connection_limits(args))
+                                      limits=connection_limits(args), gc_tuning=args.gc_tuning)
         log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
-        heap_task = asyncio.create_task(manage_heap(running.cache.ready_event), name="heap")
         try:
             await wait_for_signal()
             log.info("shutting down")
         finally:
-            heap_task.cancel()
             await stop_wrapper(running)
 
 

@@ -22,10 +22,12 @@ from cache.snapshot import Identity, Persister, restore
 from wrapper.app import ReadyCheck, build_app
 from wrapper.authz import ClientAuthorizer
 from wrapper.debug import Debug
+from wrapper.heap import HEAP, GcTuning, HeapHold
 from wrapper.listener import ConnectionGuard, ConnectionLimits, GuardedSite
 from wrapper.local_node import DEFAULT_REPEAT, LocalNodeMonitor
 from wrapper.metrics import Metrics
-from wrapper.serving import ServeSettings, WatchRegistry
+from wrapper.serving import ServeSettings
+from wrapper.watch_registry import WatchRegistry
 
 
 class StartupError(Exception):
@@ -48,6 +50,7 @@ class Running:
     persister: Persister | None = None
     local_node: LocalNodeMonitor | None = None
     guard: ConnectionGuard | None = None  # the main listener's
+    heap: HeapHold | None = None  # this wrapper's hold on the process's heap regime (wrapper/heap.py)
 
 
 def tls_context(cert: str | None, key: str | None, client_ca: str | None = None) -> ssl.SSLContext | None:
@@ -91,6 +94,7 @@ async def start_wrapper(
     authorizer: ClientAuthorizer | None = None,
     local_node_warn_every: float = DEFAULT_REPEAT,
     limits: ConnectionLimits | None = None,
+    gc_tuning: GcTuning = "auto",
 ) -> Running:
     """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests.
 
@@ -99,6 +103,8 @@ async def start_wrapper(
     ``offline_grace``: None keeps /readyz ready once synced, whatever the apiserver does (edge
     autonomy); a number makes it not ready after the apiserver has been lost that many seconds.
     ``local_node_warn_every``: how often a missing local Node is logged again.
+    ``gc_tuning``: ``--gc-tuning``; the heap regime of wrapper/heap.py, shared by every wrapper of
+    the process, so the tests and the demo run what production runs.
     """
     cache = ClusterCache(hostname)
     informers = Informers(client, cache, reflect)
@@ -136,12 +142,14 @@ async def start_wrapper(
         except StartupError:
             await runner.cleanup()
             raise
+    heap = HEAP.hold(cache.ready_event, gc_tuning)
     informers.start()
     if persister is not None:
         persister.start()
     local_node = LocalNodeMonitor(cache, local_node_warn_every)
     local_node.start()
-    return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister, local_node, guard)
+    return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister, local_node, guard,
+                   heap)
 
 
 def ready_checks(cache: ClusterCache) -> list[ReadyCheck]:
@@ -192,6 +200,8 @@ async def stop_wrapper(running: Running) -> None:
     await running.informers.stop()
     if running.persister is not None:
         await running.persister.stop()
+    if running.heap is not None:
+        await running.heap.release()
 
 
 async def wait_for_signal(run_seconds: float = 0) -> None:

@@ -20,7 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kubeapi import status
 from kubeapi.status import StatusError
 from kubeapi.strconv import parse_decimal
-from wrapper.serving import WatchRegistry, status_response
+from wrapper.responses import status_response
+from wrapper.watch_registry import WatchRegistry
 
 if TYPE_CHECKING:
     from pyinstrument.frame import Frame
@@ -75,6 +76,9 @@ def collapsed_stacks(root: Frame | None) -> str:
 
 
 class Debug:
+    """The debug listener's pages. Reads the cache, the informers, the watch registry and the
+    metrics; owns only the profiler lock. Built by ``wrapper.compose`` when a debug address is set."""
+
     def __init__(
         self,
         cache: ClusterCache,
@@ -123,8 +127,7 @@ class Debug:
         if fmt not in PROFILE_FORMATS:
             raise status.bad_request(f"format must be one of {', '.join(PROFILE_FORMATS)}")
         if self._profile_lock.locked():
-            raise StatusError(status.failure(409, "a profile is already running; try again when it ends",
-                                             "Conflict"))
+            raise status.conflict("a profile is already running; try again when it ends")
         from pyinstrument import Profiler
         from pyinstrument.renderers import SpeedscopeRenderer
 
@@ -177,6 +180,7 @@ class Debug:
         resources: dict[str, Any] = {}
         for name, view in self.cache.views.items():
             entry: dict[str, Any] = view.stats()
+            entry["watchers"] = self.watches.watchers(name)
             entry["upstreamResourceVersion"] = str(self.cache.upstream_rv(view.resource))
             if self.informers is not None:
                 st = self.informers.reflectors[name].state

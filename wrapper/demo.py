@@ -70,7 +70,7 @@ async def demo_main(args: argparse.Namespace) -> None:
                                       serve=serve_settings(args),
                                       debug=args.debug_bind_address, profiling=args.profiling,
                                       authorizer=client_authorizer(client, args),
-                                      limits=connection_limits(args))
+                                      limits=connection_limits(args), gc_tuning=args.gc_tuning)
     except BaseException:
         await client.close()
         await sim.stop()

@@ -27,7 +27,6 @@ import re
 from collections.abc import Iterable
 
 from kubeapi import status
-from kubeapi.status import StatusError
 
 _READ = frozenset({"GET", "HEAD"})
 _VERSION = r"v[0-9]+(?:(?:alpha|beta)[0-9]+)?"
@@ -64,10 +63,10 @@ def check_lending(method: str, path: str, escaped: bool, header_names: Iterable[
     """Raise 403 unless a request without credentials may borrow the wrapper's identity."""
     asks = sorted({h for h in header_names if h.lower().startswith(IMPERSONATE_PREFIX)})
     if asks:
-        raise StatusError(status.failure(
-            403, f"forbidden: impersonation ({', '.join(asks)[:200]}) is never done with the wrapper's identity; "
-            "send your own credentials (Authorization header)", "Forbidden"))
+        raise status.forbidden(
+            f"forbidden: impersonation ({', '.join(asks)[:200]}) is never done with the wrapper's identity; "
+            "send your own credentials (Authorization header)")
     if escaped or not may_lend_identity(method, path):
-        raise StatusError(status.failure(
-            403, f"forbidden: {method} {path[:200]} is not served with the wrapper's identity; "
-            "send your own credentials (Authorization header) for it", "Forbidden"))
+        raise status.forbidden(
+            f"forbidden: {method} {path[:200]} is not served with the wrapper's identity; "
+            "send your own credentials (Authorization header) for it")

@@ -35,11 +35,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
-import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from kubeapi import status
+from wrapper.responses import raw_status_response
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ConnectionLimits:
 class ConnectionGuard:
     """Counts one listener's connections, refuses those past the cap and times out slow headers.
 
-    Created by ``wrapper.cli.start_wrapper`` for each listener; ``middleware()`` must come first in
+    Created by ``wrapper.compose.start_wrapper`` for each listener; ``middleware()`` must come first in
     that listener's application, and ``GuardedSite`` puts ``factory()`` in front of aiohttp's.
     """
 
@@ -73,13 +73,9 @@ class ConnectionGuard:
         self.header_timeouts = 0  # total closed for slow headers
         self._conns: dict[RequestHandler, _Guarded] = {}
         self._warned_at = float("-inf")
-        st = status.failure(429, f"too many open connections to application-grid-wrapper (limit "
-                            f"{limits.max_connections}); retry later", "TooManyRequests",
-                            {"retryAfterSeconds": limits.retry_after})
-        body = orjson.dumps(st)
-        self.too_many = (f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
-                         f"Retry-After: {limits.retry_after}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n").encode() + body
+        self.too_many = raw_status_response(status.too_many_requests(
+            limits.retry_after, f"too many open connections to application-grid-wrapper (limit "
+            f"{limits.max_connections}); retry later"))
 
     def factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
         """The protocol factory for ``loop.create_server``: aiohttp's, guarded, or a refusal."""

@@ -19,12 +19,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from kubeapi.resources import match_path
-from wrapper.serving import CUT_OFF_FELL_BEHIND, CUT_OFF_WRITE_TIMEOUT
+from wrapper.watch_registry import CUT_OFF_FELL_BEHIND, CUT_OFF_WRITE_TIMEOUT
 
 if TYPE_CHECKING:
     from cache.cluster import ClusterCache
     from cache.informers import Informers
-    from wrapper.serving import WatchRegistry
+    from wrapper.watch_registry import WatchRegistry
 
 NS = "application_grid_wrapper"
 
@@ -57,8 +57,8 @@ class _StateCollector(Collector):
         history = GaugeMetricFamily(f"{NS}_history_events", "Events kept for watch resumption",
                                     labels=["resource"])
         for name, view in cache.views.items():
-            objects.add_metric([name], len(view.objects))
-            watchers.add_metric([name], view.watchers)
+            objects.add_metric([name], view.count())
+            watchers.add_metric([name], self.watches.watchers(name))
             history.add_metric([name], view.history_depth())
         yield from (objects, watchers, history)
         events_in = CounterMetricFamily(f"{NS}_upstream_events", "Watch events received from the apiserver",

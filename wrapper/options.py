@@ -15,6 +15,7 @@ from collections.abc import Callable
 from kubeapi.strconv import NumError, parse_decimal, parse_uint
 from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS
 from wrapper.compose import StartupError
+from wrapper.heap import GC_TUNING_MODES, MEASURED_ON
 from wrapper.listener import ConnectionLimits
 from wrapper.serving import ServeSettings
 
@@ -94,6 +95,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    f"(default {defaults.max_connections})")
     p.add_argument("--watch-write-timeout", type=positive(float), default=30.0, metavar="SECONDS",
                    help="cut off a watching client that accepts nothing for this long (default 30)")
+    p.add_argument("--gc-tuning", choices=GC_TUNING_MODES, default="auto",
+                   help="the heap regime (timed young GC passes, frozen survivors, malloc_trim): auto runs it on "
+                   f"CPython {MEASURED_ON[0]}.{MEASURED_ON[1]}, where it was measured, and leaves CPython's defaults "
+                   "alone on other versions; on or off forces it (default auto)")
     p.add_argument("--bookmark-interval", type=float, default=60.0, help=argparse.SUPPRESS)
 
 

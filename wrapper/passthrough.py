@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from cache.apiclient import ApiClient, Identity
@@ -22,6 +21,7 @@ from cache.apierrors import TransportError
 from kubeapi import status
 from wrapper.lending import LENT_HEADERS
 from wrapper.paths import Target
+from wrapper.responses import status_response
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ class _TooLarge(Exception):
 
 
 def _too_large() -> web.Response:
-    st = status.failure(413, f"request entity too large: limit is {MAX_BODY} bytes", "RequestEntityTooLarge")
-    return web.Response(body=orjson.dumps(st), status=413, content_type="application/json")
+    return status_response(status.request_entity_too_large(MAX_BODY))
 
 
 async def _limited(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
@@ -98,8 +97,7 @@ async def forward(request: web.Request, client: ApiClient, target: Target, *, le
                 request.transport.abort()
             return resp
         log.warning("pass-through %s %s: apiserver unreachable: %s", request.method, target.path[:200], exc)
-        st = status.failure(503, f"the apiserver is unreachable from the wrapper: {exc}", "ServiceUnavailable")
-        return web.Response(body=orjson.dumps(st), status=503, content_type="application/json")
+        return status_response(status.service_unavailable(f"the apiserver is unreachable from the wrapper: {exc}"))
 
 
 def _caused_by_too_large(exc: BaseException) -> bool:
