@@ -214,9 +214,10 @@ async def test_every_answer_that_rejects_the_watch_rv_makes_the_reflector_list_a
     await fake.start()
     try:
         async with running_wrapper(fake.url) as w:
-            await wait_for(lambda: fake.lists["nodes"] >= 2, 10, "a fresh list of nodes")
-            await wait_for(lambda: w.informers.connected, 10, "the watch again")
             state = w.informers.reflectors["nodes"].state
+            # The fake answering a second list is not the reflector having applied it: wait on the relist.
+            await wait_for(lambda: fake.lists["nodes"] >= 2 and state.relists >= 1, 10, "a fresh list of nodes")
+            await wait_for(lambda: w.informers.connected, 10, "the watch again")
             assert state.relists == 1
             # Same upstream timeline: no reset, and clients keep being served.
             assert w.cache.timeline_resets == 0 and w.cache.ready
