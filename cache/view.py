@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +132,12 @@ def selectable(resource: Resource, obj: JSONDict) -> JSONDict:
     return out
 
 
+def exact_json(obj: JSONDict) -> bytes:
+    """``obj`` as JSON bytes of exactly its length: orjson's result keeps its spare buffer
+    capacity (about 3.5 times the JSON for typical objects), and the cache keeps these bytes."""
+    return memoryview(orjson.dumps(obj)).tobytes()
+
+
 def stamp(obj: JSONDict, rv: int) -> JSONDict:
     """A shallow copy of ``obj`` whose metadata.resourceVersion is ``rv``."""
     meta = dict(obj.get("metadata") or {})
@@ -180,10 +186,7 @@ class View:
     # ---- serialization -------------------------------------------------------------
 
     def entry(self, obj: JSONDict, fields: JSONDict | None = None) -> Entry:
-        # orjson's buffer keeps its spare capacity (about 3.5 times the JSON for typical
-        # objects); an exact copy costs well under a microsecond and the cache keeps these bytes.
-        raw = memoryview(orjson.dumps(obj)).tobytes()
-        return Entry(raw, rv_of(obj), fields if fields is not None else selectable(self.resource, obj))
+        return Entry(exact_json(obj), rv_of(obj), fields if fields is not None else selectable(self.resource, obj))
 
     def typed(self, raw: bytes) -> bytes:
         """Item bytes with kind and apiVersion added, as single GETs and watch events need."""
@@ -240,13 +243,15 @@ class View:
         self.synced = True
         self.wake()
 
-    def publish(self, changes: Sequence[tuple[str, JSONDict]], rv: int) -> int:
+    def publish(self, changes: Sequence[tuple[str, JSONDict]], rv: int, *,
+                encoded: Mapping[str, bytes] | None = None) -> int:
         """Record one batch of ``(type, obj)`` changes that together bring the view to ``rv``.
 
         Every event but the last is stamped with the view's RV as it was; the last is stamped
         ``rv`` and advances the view to it (an ``rv`` older than the view's is raised to it, and
-        then no event advances). Callers put the upstream object's own event last. Returns the
-        number of events recorded.
+        then no event advances). Callers put the upstream object's own event last. ``encoded``:
+        the JSON of objects the caller already holds, by key, reused (not copied) where the
+        stamp leaves the object as it is. Returns the number of events recorded.
         """
         current = self.rv
         target = max(rv, current)
@@ -264,7 +269,11 @@ class View:
                 del self.objects[key]
                 self._sorted_keys = None
             else:
-                entry = self.entry(stamp(obj, ev_rv))
+                raw = encoded.get(key) if encoded else None
+                if raw is not None and obj["metadata"].get("resourceVersion") == str(ev_rv):
+                    entry = Entry(raw, ev_rv, selectable(self.resource, obj))
+                else:
+                    entry = self.entry(stamp(obj, ev_rv))
                 if old is None:
                     type_ = "ADDED"
                     self._sorted_keys = None
@@ -296,6 +305,22 @@ class View:
         if rv > self.rv:
             self._set_rv(rv)
             self.wake()
+
+    def clear(self) -> None:
+        """Back to a new view's state: no objects, no history, not synced, RV 0. For a cache
+        that forgets a load that failed part-way, before any client has read it."""
+        self.objects = {}
+        self._sorted_keys = None
+        self.resets += 1
+        self.rv = 0
+        self.synced = False
+        self._expired_below = 0
+        self.old_max = 0
+        self._issued.clear()
+        self._events.clear()
+        self._start = 0
+        self.budget.used -= self.history_bytes
+        self.history_bytes = 0
 
     # ---- reads (the HTTP front calls these) ------------------------------------------
 

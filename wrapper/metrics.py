@@ -79,8 +79,7 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(f"{NS}_refilter_runs", "Topology re-filter runs", value=cache.refilter_runs)
         yield CounterMetricFamily(f"{NS}_refilter_seconds", "Time spent re-filtering",
                                   value=cache.refilter_seconds)
-        kept = sum(k for k, _ in cache.topology_counts.values())
-        dropped = sum(d for _, d in cache.topology_counts.values())
+        kept, dropped = cache.filtered_endpoints()
         topo = GaugeMetricFamily(f"{NS}_topology_endpoints", "Endpoints of opted-in Services, kept or dropped",
                                  labels=["decision"])
         topo.add_metric(["kept"], kept)

@@ -1,0 +1,120 @@
+"""Declared indexes over a resource's objects, in the manner of client-go's ``Indexers``.
+
+Each index has a name and a function from an object's facts (a small record the cache computes
+once per object version, never the decoded object) to the values it is filed under. One
+``Indexer.update`` maintains every index of a store for a change, and each kind of index drops
+what a change empties in its one ``update``, so no caller keeps an index by hand.
+
+Two kinds: ``KeysIndex`` files the object's key (client-go's); ``OwnersIndex`` files the
+object's owner, counted, so that several objects of one owner (a Service's EndpointSlices and
+its Endpoints) file it once; stores may share one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Set
+from typing import Generic, Protocol, TypeVar
+
+F = TypeVar("F")
+F_contra = TypeVar("F_contra", contravariant=True)
+IndexFunc = Callable[[F], Collection[str]]
+
+_NONE: frozenset[str] = frozenset()
+
+
+class Index(Protocol[F_contra]):
+    def update(self, key: str, old: F_contra | None, new: F_contra | None) -> None: ...
+
+    def get(self, value: str) -> Set[str]: ...
+
+    def clear(self) -> None: ...
+
+
+class KeysIndex(Generic[F]):
+    """Value -> the keys of the objects filed under it."""
+
+    def __init__(self, func: IndexFunc[F]) -> None:
+        self._func = func
+        self._keys: dict[str, set[str]] = {}
+
+    def update(self, key: str, old: F | None, new: F | None) -> None:
+        before = self._func(old) if old is not None else _NONE
+        after = self._func(new) if new is not None else _NONE
+        if before == after:
+            return
+        for value in before:
+            if value not in after:
+                keys = self._keys[value]
+                keys.discard(key)
+                if not keys:
+                    del self._keys[value]
+        for value in after:
+            if value not in before:
+                self._keys.setdefault(value, set()).add(key)
+
+    def get(self, value: str) -> Set[str]:
+        return self._keys.get(value, _NONE)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+
+class OwnersIndex(Generic[F]):
+    """Value -> the owners of the objects filed under it; an object without an owner is not filed."""
+
+    def __init__(self, func: IndexFunc[F], owner: Callable[[F], str | None]) -> None:
+        self._func = func
+        self._owner = owner
+        self._counts: dict[str, dict[str, int]] = {}
+
+    def update(self, key: str, old: F | None, new: F | None) -> None:
+        old_owner = self._owner(old) if old is not None else None
+        new_owner = self._owner(new) if new is not None else None
+        before = self._func(old) if old is not None and old_owner is not None else _NONE
+        after = self._func(new) if new is not None and new_owner is not None else _NONE
+        moved = old_owner != new_owner
+        if old_owner is not None:
+            for value in before:
+                if moved or value not in after:
+                    self._remove(value, old_owner)
+        if new_owner is not None:
+            for value in after:
+                if moved or value not in before:
+                    counts = self._counts.setdefault(value, {})
+                    counts[new_owner] = counts.get(new_owner, 0) + 1
+
+    def _remove(self, value: str, owner: str) -> None:
+        counts = self._counts[value]
+        counts[owner] -= 1
+        if not counts[owner]:
+            del counts[owner]
+            if not counts:
+                del self._counts[value]
+
+    def get(self, value: str) -> Set[str]:
+        counts = self._counts.get(value)
+        return counts.keys() if counts is not None else _NONE
+
+    def clear(self) -> None:
+        self._counts.clear()
+
+
+class Indexer(Generic[F]):
+    """The declared indexes of one ``cache.store.Store``, by name: the store calls ``update`` on
+    every change; the cache's planner and outputs read ``get``."""
+
+    def __init__(self, indexes: Mapping[str, Index[F]]) -> None:
+        self._indexes = dict(indexes)
+
+    def update(self, key: str, old: F | None, new: F | None) -> None:
+        """``key``'s facts went from ``old`` to ``new`` (None: absent)."""
+        for index in self._indexes.values():
+            index.update(key, old, new)
+
+    def get(self, name: str, value: str) -> Set[str]:
+        """What index ``name`` files under ``value`` (live: do not keep or change it)."""
+        return self._indexes[name].get(value)
+
+    def clear(self) -> None:
+        for index in self._indexes.values():
+            index.clear()
