@@ -27,6 +27,8 @@ class Index(Protocol[F_contra]):
 
     def get(self, value: str) -> Set[str]: ...
 
+    def __len__(self) -> int: ...
+
     def clear(self) -> None: ...
 
 
@@ -54,6 +56,10 @@ class KeysIndex(Generic[F]):
 
     def get(self, value: str) -> Set[str]:
         return self._keys.get(value, _NONE)
+
+    def __len__(self) -> int:
+        """How many values have something filed under them."""
+        return len(self._keys)
 
     def clear(self) -> None:
         self._keys.clear()
@@ -94,6 +100,10 @@ class OwnersIndex(Generic[F]):
     def get(self, value: str) -> Set[str]:
         counts = self._counts.get(value)
         return counts.keys() if counts is not None else _NONE
+
+    def __len__(self) -> int:
+        """How many values have an owner filed under them."""
+        return len(self._counts)
 
     def clear(self) -> None:
         self._counts.clear()

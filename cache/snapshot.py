@@ -245,7 +245,9 @@ def restore(cache: ClusterCache, directory: Path, identity: Identity) -> bool:
 
 
 class Persister:
-    """Writes the cache to disk after changes, at most once per ``interval`` seconds."""
+    """Writes the cache to disk after changes, at most once per ``interval`` seconds.
+
+    Owns its writing task; started and stopped (with a last flush) by ``wrapper.compose``."""
 
     def __init__(self, cache: ClusterCache, directory: Path, identity: Identity, interval: float = 10.0) -> None:
         self.cache = cache

@@ -99,9 +99,8 @@ class Expired(Exception):
 # that is about 10,000 events: far more than a resuming kube-proxy needs.
 DEFAULT_HISTORY_BYTES = 32 << 20
 _TRIM_EVERY = 512
-# Watchers are woken at most this often (seconds); see View.wake. Under a burst (the last
-# wake carried BURST_EVENTS or more) the interval stretches: at 2,000 events/s the per-write
-# cost of twenty watchers dominated, and that rate's latency budget (20 ms) has room.
+# Watchers are woken at most this often (seconds), longer after a wake that carried
+# BURST_EVENTS or more; see View.wake (figures: bench/, event latency at 2,000 events/s).
 DEFAULT_WAKE_INTERVAL = 0.003
 BURST_WAKE_INTERVAL = 0.008
 BURST_EVENTS = 4
@@ -148,6 +147,12 @@ def stamp(obj: JSONDict, rv: int) -> JSONDict:
 
 
 class View:
+    """The served objects of one resource, as JSON bytes, and its bounded event history.
+
+    Written only through ``cache.publisher.Publisher`` (``publish``, ``load``, ``advance``,
+    ``clear``), for ``cache.cluster.ClusterCache``; read by wrapper/ (lists, gets, watches).
+    """
+
     def __init__(
         self, resource: Resource, *, max_events: int = 20000, budget: HistoryBudget | None = None,
         wake_interval: float = DEFAULT_WAKE_INTERVAL,
@@ -367,9 +372,8 @@ class View:
     async def wait(self, cursor: int, timeout: float) -> None:
         """Wait until an event at or after ``cursor`` exists, or ``timeout`` passes.
 
-        A bare future and a timer per wait: every watcher waits once per event batch, and
-        ``asyncio.wait_for`` (a task per call on Python 3.11) cost more than the event itself
-        with twenty watchers at 2,000 events/s.
+        A bare future and a timer, not ``asyncio.wait_for`` (a task per call on Python 3.11):
+        every watcher waits once per batch (figures: bench/, event latency, 20 watchers).
         """
         if cursor < self._next_seq:
             return
@@ -438,13 +442,9 @@ class View:
 
     def wake(self) -> None:
         """Wake the waiting watchers: at once, unless they were woken less than
-        ``wake_interval`` ago; then once when it has passed, for every event since.
-
-        At 2,000 events/s each upstream event arrives on its own, and waking twenty watchers
-        per event costs twenty task steps and socket writes per event, more CPU than the
-        events themselves. Coalescing bounds that to one wake per interval whatever the rate,
-        for at most ``wake_interval`` of added latency (``burst_wake_interval`` while the
-        previous wake carried a burst), and none when events are sparse.
+        ``wake_interval`` ago (``burst_wake_interval`` after a burst); then once when it has
+        passed, for every event since. One wake per interval whatever the rate, at most an
+        interval of added latency, none when events are sparse (figures: bench/, event latency).
         """
         if self._wake_handle is not None:
             return  # a wake is already due; it will cover this event too

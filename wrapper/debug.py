@@ -75,6 +75,10 @@ def collapsed_stacks(root: Frame | None) -> str:
 
 
 class Debug:
+    """The debug listener's pages; created by ``wrapper.compose``. It reads the cache (the
+    topology page's explanations come from filters/, through ``ClusterCache.explain``), the
+    reflectors, the open watches and the metrics; it changes nothing."""
+
     def __init__(
         self,
         cache: ClusterCache,

@@ -23,7 +23,7 @@ DEFAULT_REPEAT = 300.0
 
 
 class LocalNodeMonitor:
-    """Logs whether the local node is among the cached Nodes; started and stopped by ``wrapper.cli``."""
+    """Logs whether the local node is among the cached Nodes; started and stopped by ``wrapper.compose``."""
 
     def __init__(self, cache: ClusterCache, repeat_every: float = DEFAULT_REPEAT) -> None:
         self.cache = cache
