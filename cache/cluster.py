@@ -92,22 +92,22 @@ class ClusterCache:
         # The declared indexes (the planner and outputs read them). Slices and Endpoints share
         # the one that files their Service under their endpoints' nodes.
         services_by_node: OwnersIndex[Refs] = OwnersIndex(lambda r: r.nodes, owner=lambda r: r.service)
-        self.nodes: Store[None] = Store(NODES)
-        self.services: Store[Policies] = Store(SERVICES, _service_indexes())
-        self.slices: Store[Refs] = Store(ENDPOINTSLICES, {
+        self._nodes: Store[None] = Store(NODES)
+        self._services: Store[Policies] = Store(SERVICES, _service_indexes())
+        self._slices: Store[Refs] = Store(ENDPOINTSLICES, {
             BY_SERVICE: KeysIndex(lambda r: (r.service,) if r.service else ()), BY_NODE: services_by_node})
-        self.endpoints: Store[Refs] = Store(ENDPOINTS, {BY_NODE: services_by_node})
+        self._endpoints: Store[Refs] = Store(ENDPOINTS, {BY_NODE: services_by_node})
         self._stores: dict[Resource, Store[Any]] = {
-            NODES: self.nodes, SERVICES: self.services, ENDPOINTSLICES: self.slices, ENDPOINTS: self.endpoints,
+            NODES: self._nodes, SERVICES: self._services, ENDPOINTSLICES: self._slices, ENDPOINTS: self._endpoints,
         }
         # Read live by the filters (through the context) and the planner; only
         # node_labels_changed writes it.
         self._node_labels: dict[str, dict[str, str]] = {}
         self._pipeline = pipeline
-        self.planner = Planner(pipeline, local_node, self._node_labels, self.services, self.slices)
-        self.outputs = Outputs(pipeline, TopologyContext(local_node, self._node_labels), self.services,
-                               self.slices, self.endpoints)
-        self.publisher = Publisher(views)
+        self._planner = Planner(pipeline, local_node, self._node_labels, self._services, self._slices)
+        self._outputs = Outputs(pipeline, TopologyContext(local_node, self._node_labels), self._services,
+                               self._slices, self._endpoints)
+        self._publisher = Publisher(views)
         self._handlers: dict[Resource, Handler] = {
             NODES: self._on_node,
             SERVICES: self._on_service,
@@ -125,9 +125,8 @@ class ClusterCache:
         for store in self._stores.values():
             store.clear()
         self._node_labels.clear()  # in place: the context and the planner read this dict
-        self.outputs.endpoint_counts.clear()
-        self.ready = False
-        self.ready_event.clear()
+        self._outputs.endpoint_counts.clear()
+        self.ready_event.clear()  # set at the first sync, and kept when the cache starts over
         # Set by start_over: the next load is a new upstream timeline for the views.
         self._new_timeline = False
         # How many times the upstream's resourceVersions went back (start_over was called).
@@ -144,7 +143,7 @@ class ClusterCache:
     def replace(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
         """A full upstream list of ``resource`` at ``rv``."""
         self.generation += 1
-        if self.publisher.loading:
+        if self._publisher.loading:
             self._load_list(resource, items, rv)
         else:
             self._relist(resource, items, rv)
@@ -161,7 +160,7 @@ class ClusterCache:
     def bookmark(self, resource: Resource, rv: int) -> None:
         store = self._stores[resource]
         store.rv = max(store.rv, rv)
-        self.publisher.advance(resource, rv)
+        self._publisher.advance(resource, rv)
 
     def start_over(self) -> None:
         """The upstream's resourceVersions went back: load everything again from the next lists.
@@ -170,7 +169,6 @@ class ClusterCache:
         listed again the views keep serving the last state and the cache is not ready; then
         every view switches to the new timeline at once.
         """
-        self.ready = False
         self._new_timeline = True
         self.timeline_resets += 1
         self.generation += 1
@@ -183,7 +181,7 @@ class ClusterCache:
         the cache; a cache that serves clients starts over instead.
         """
         self._forget()
-        self.publisher.clear()
+        self._publisher.clear()
         self._start_load()
 
     def node_labels_changed(self, name: str, labels: Mapping[str, str] | None, rv: int) -> None:
@@ -196,14 +194,20 @@ class ClusterCache:
             self._node_labels.pop(name, None)
         else:
             self._node_labels[name] = new
-        if old == new or self.publisher.loading:
+        if old == new or self._publisher.loading:
             return
-        self._refilter(self.planner.after_node_change(NodeChange(name, old, new, name == self.local_node)), rv)
+        self._refilter(self._planner.after_node_change(NodeChange(name, old, new, name == self.local_node)), rv)
 
     # ---- queries -----------------------------------------------------------------------
 
     def upstream_rv(self, resource: Resource) -> int:
         return self._stores[resource].rv
+
+    @property
+    def ready(self) -> bool:
+        """Whether every resource has been listed and the views serve the result (not while a
+        load, the first sync or a new upstream timeline, is under way)."""
+        return not self._publisher.loading
 
     @property
     def resyncing(self) -> bool:
@@ -222,11 +226,11 @@ class ClusterCache:
 
     @property
     def synthetic_events(self) -> int:
-        return self.publisher.synthetic_events
+        return self._publisher.synthetic_events
 
     def filtered_endpoints(self) -> tuple[int, int]:
         """Endpoints of the Services whose slices some filter acts on: (kept, dropped) now."""
-        counts = self.outputs.endpoint_counts.values()
+        counts = self._outputs.endpoint_counts.values()
         return sum(k for k, _ in counts), sum(d for _, d in counts)
 
     def raw_items(self, resource: Resource) -> list[bytes]:
@@ -235,12 +239,12 @@ class ClusterCache:
 
     def explain(self, service: str | None = None) -> dict[str, Any]:
         """What the local node sees for each Service some filter is involved in, and why."""
-        keys = [service] if service is not None else sorted(self.services.objects)
+        keys = [service] if service is not None else sorted(self._services.objects)
         return {
             "localNode": self.local_node,
             "localNodeKnown": self.local_node in self._node_labels,
             "localLabels": self._node_labels.get(self.local_node, {}),
-            "services": [record for key in keys for record in self.outputs.explain(key)],
+            "services": [record for key in keys for record in self._outputs.explain(key)],
         }
 
     # ---- lists -------------------------------------------------------------------------
@@ -274,7 +278,7 @@ class ClusterCache:
         new = {object_key(o): o for o in items}
         for key, stored in list(store.objects.items()):
             if key not in new:
-                handle(DELETED, key, stored.obj(), self.publisher.rv(resource))
+                handle(DELETED, key, stored.obj(), self._publisher.rv(resource))
         changed: list[tuple[int, str, str, JSONDict]] = []
         for key, obj in new.items():
             prev = store.get(key)
@@ -286,20 +290,19 @@ class ClusterCache:
         for obj_rv, type_, key, obj in changed:
             handle(type_, key, obj, min(obj_rv, rv))
         store.rv = max(store.rv, rv)
-        self.publisher.advance(resource, rv)
+        self._publisher.advance(resource, rv)
 
     def _start_load(self) -> None:
         for store in self._stores.values():
             store.listed = False
-        self.publisher.start_load()
+        self._publisher.start_load()
 
     def _finish_load(self) -> None:
         """Every resource has listed: serve every filtered Service, then load the views at once."""
         new_timeline, self._new_timeline = self._new_timeline, False
-        self.outputs.endpoint_counts.clear()
-        self._serve_again(self.planner.after_load(), 0)
-        self.publisher.finish_load({r: s.rv for r, s in self._stores.items()}, new_timeline=new_timeline)
-        self.ready = True
+        self._outputs.endpoint_counts.clear()
+        self._serve_again(self._planner.after_load(), 0)
+        self._publisher.finish_load({r: s.rv for r, s in self._stores.items()}, new_timeline=new_timeline)
         self.ready_event.set()
         log.info(
             "cache %s: %d nodes, %d services, %d endpointslices, %d endpoints",
@@ -311,37 +314,37 @@ class ClusterCache:
     # ---- per-resource handlers -----------------------------------------------------------
 
     def _on_node(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
-        old, new = self._keep(self.nodes, type_, key, obj, _no_facts)
+        old, new = self._keep(self._nodes, type_, key, obj, _no_facts)
         if old is None and new is None:
             return
         self._emit(NODES, type_, key, obj, new, rv)
         self.node_labels_changed(key, None if new is None else (obj["metadata"].get("labels") or {}), rv)
 
     def _on_service(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
-        old, new = self._keep(self.services, type_, key, obj, self._policies_of)
+        old, new = self._keep(self._services, type_, key, obj, self._policies_of)
         if old is None and new is None:
             return
         after = new.facts if new is not None else NO_POLICIES
         self._emit(SERVICES, type_, key, obj, new, rv, (key,) if after.touches(SERVICES) else ())
-        self._refilter(self.planner.after_service_change(key, old.facts if old is not None else NO_POLICIES, after),
+        self._refilter(self._planner.after_service_change(key, old.facts if old is not None else NO_POLICIES, after),
                        rv)
 
     def _on_slice(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
-        old, new = self._keep(self.slices, type_, key, obj, _slice_refs)
+        old, new = self._keep(self._slices, type_, key, obj, _slice_refs)
         if old is None and new is None:
             return
         owners = {r.facts.service for r in (old, new) if r is not None and r.facts.service is not None}
         # A Service no filter acts on serves its slices as stored: the siblings of this one
         # cannot have changed, so they are neither decoded nor compared.
-        group = [s for s in sorted(owners) if self.outputs.policies(s).touches(ENDPOINTSLICES)]
+        group = [s for s in sorted(owners) if self._outputs.policies(s).touches(ENDPOINTSLICES)]
         self._emit(ENDPOINTSLICES, type_, key, obj, new, rv, group)
 
     def _on_endpoints(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
-        old, new = self._keep(self.endpoints, type_, key, obj, _endpoints_refs)
+        old, new = self._keep(self._endpoints, type_, key, obj, _endpoints_refs)
         if old is None and new is None:
             return
         self._emit(ENDPOINTS, type_, key, obj, new, rv,
-                   (key,) if self.outputs.policies(key).touches(ENDPOINTS) else ())
+                   (key,) if self._outputs.policies(key).touches(ENDPOINTS) else ())
 
     def _keep(self, store: Store[F], type_: str, key: str, obj: JSONDict,
               facts: Callable[[str, JSONDict], F]) -> tuple[Stored[F] | None, Stored[F] | None]:
@@ -367,17 +370,17 @@ class ClusterCache:
         """Publish one upstream change as one batch: the objects of ``group`` (Services) of the
         same resource served again with it, then its own event, last."""
         derived: Forms = {}
-        if not self.publisher.loading:  # a load serves every filtered Service once, at its end
+        if not self._publisher.loading:  # a load serves every filtered Service once, at its end
             for service in group:
-                derived.update(self.outputs.of(resource, service, (key, obj) if new is not None else None))
+                derived.update(self._outputs.of(resource, service, (key, obj) if new is not None else None))
         served = derived.pop(key, obj) if new is not None else obj
         raw = new.raw if new is not None and served is obj else None
-        self.publisher.publish(Batch(resource, rv, derived, Own(type_, key, served, obj, raw)))
+        self._publisher.publish(Batch(resource, rv, derived, Own(type_, key, served, obj, raw)))
 
     # ---- re-filtering ---------------------------------------------------------------------
 
     def _refilter(self, plan: Plan, rv: int) -> None:
-        if not plan or self.publisher.loading:
+        if not plan or self._publisher.loading:
             return
         self.refilter_runs += 1
         started = time.perf_counter()
@@ -392,9 +395,9 @@ class ClusterCache:
             derived: Forms = {}
             for service, resources in plan.items():
                 if resource in resources:
-                    derived.update(self.outputs.of(resource, service))
+                    derived.update(self._outputs.of(resource, service))
             if derived:
-                self.publisher.publish(Batch(resource, rv, derived))
+                self._publisher.publish(Batch(resource, rv, derived))
 
 
 def _no_facts(_key: str, _obj: JSONDict) -> None:

@@ -15,7 +15,7 @@ from cache.store import Store
 from filters.api import TopologyContext
 from filters.pipeline import NO_POLICIES, Pipeline, Policies
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, SERVICES, Resource
-from kubeapi.types import Endpoints, EndpointSlice, JSONDict
+from kubeapi.types import EndpointSlice, JSONDict
 
 Forms = dict[str, JSONDict | None]
 # An object just stored, still decoded: (key, object), so it need not be decoded again.
@@ -48,13 +48,8 @@ class Outputs:
         return self._by_resource[resource](service, fresh)
 
     def service(self, key: str, fresh: Fresh = None) -> Forms:
-        obj = self._current(self._services, key, fresh)
-        if obj is None:
-            return {}
-        policies = self.policies(key)
-        if not policies.touches(SERVICES):
-            return {key: obj}
-        return {key: self.pipeline.serve_service(policies, obj, self.context)}
+        return self._one(self._services, SERVICES, key, fresh,
+                         lambda policies, obj: self.pipeline.serve_service(policies, obj, self.context))
 
     def slices(self, service: str, fresh: Fresh = None) -> Forms:
         keys, slices = self.slices_of(service, fresh)
@@ -67,14 +62,8 @@ class Outputs:
         return dict(zip(keys, served.slices, strict=True))  # type: ignore[arg-type]
 
     def endpoints(self, service: str, fresh: Fresh = None) -> Forms:
-        obj = self._current(self._endpoints, service, fresh)
-        if obj is None:
-            return {}
-        policies = self.policies(service)
-        if not policies.touches(ENDPOINTS):
-            return {service: obj}
-        ep: Endpoints = obj  # type: ignore[assignment]
-        return {service: self.pipeline.serve_endpoints(policies, ep, self.context)}  # type: ignore[dict-item]
+        return self._one(self._endpoints, ENDPOINTS, service, fresh,
+                         lambda policies, obj: self.pipeline.serve_endpoints(policies, obj, self.context))  # type: ignore[arg-type,return-value]
 
     def slices_of(self, service: str, fresh: Fresh = None) -> tuple[list[str], list[EndpointSlice]]:
         """The keys and decoded upstream slices of one Service, in key order."""
@@ -92,9 +81,16 @@ class Outputs:
         slices = self.slices_of(key)[1] if stored.facts.applied else []
         return self.pipeline.explain(key, stored.facts, stored.obj(), slices, self.context)
 
-    @staticmethod
-    def _current(store: Store[Any], key: str, fresh: Fresh) -> JSONDict | None:
+    def _one(self, store: Store[Any], resource: Resource, key: str, fresh: Fresh,
+             serve: Callable[[Policies, JSONDict], JSONDict | None]) -> Forms:
+        """The served form of a Service's one object of ``resource`` (its Service or Endpoints,
+        both keyed as the Service), if it has one."""
         if fresh is not None and fresh[0] == key:
-            return fresh[1]
-        stored = store.get(key)
-        return stored.obj() if stored is not None else None
+            obj = fresh[1]
+        else:
+            stored = store.get(key)
+            if stored is None:
+                return {}
+            obj = stored.obj()
+        policies = self.policies(key)
+        return {key: serve(policies, obj) if policies.touches(resource) else obj}

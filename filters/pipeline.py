@@ -11,9 +11,9 @@ objects as it stored them, without decoding them (its fast path).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from filters.api import NO_READS, Filter, Malformed, NodeChange, NodeIndex, Reads, ServedSlices, TopologyContext
 from filters.topology import TOPOLOGY
@@ -87,13 +87,7 @@ class Pipeline:
         return out
 
     def serve_service(self, policies: Policies, service: JSONDict, ctx: TopologyContext) -> JSONDict | None:
-        for f, policy in policies.applied:
-            if SERVICES in f.acts_on:
-                served = f.serve_service(policy, service, ctx)
-                if served is None:
-                    return None
-                service = served
-        return service
+        return _chain(policies, SERVICES, service, lambda f, policy, obj: f.serve_service(policy, obj, ctx))
 
     def serve_slices(self, policies: Policies, slices: Sequence[EndpointSlice], ctx: TopologyContext) -> ServedSlices:
         """Kept counts what the last filter kept; dropped, what every filter dropped."""
@@ -115,13 +109,7 @@ class Pipeline:
         return ServedSlices(served, kept, dropped)
 
     def serve_endpoints(self, policies: Policies, endpoints: Endpoints, ctx: TopologyContext) -> Endpoints | None:
-        for f, policy in policies.applied:
-            if ENDPOINTS in f.acts_on:
-                served = f.serve_endpoints(policy, endpoints, ctx)
-                if served is None:
-                    return None
-                endpoints = served
-        return endpoints
+        return _chain(policies, ENDPOINTS, endpoints, lambda f, policy, obj: f.serve_endpoints(policy, obj, ctx))
 
     def explain(self, key: str, policies: Policies, service: JSONDict, slices: Sequence[EndpointSlice],
                 ctx: TopologyContext) -> list[JSONDict]:
@@ -132,3 +120,17 @@ class Pipeline:
 
 
 PIPELINE = Pipeline()
+
+T = TypeVar("T")
+
+
+def _chain(policies: Policies, resource: Resource, obj: T,
+           serve: Callable[[Filter[Any], Any, T], T | None]) -> T | None:
+    """``obj`` served by each filter acting on ``resource`` in turn; None once one hides it."""
+    for f, policy in policies.applied:
+        if resource in f.acts_on:
+            served = serve(f, policy, obj)
+            if served is None:
+                return None
+            obj = served
+    return obj
