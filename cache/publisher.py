@@ -24,8 +24,9 @@ from kubeapi.types import JSONDict
 
 
 class Own(NamedTuple):
-    """The upstream object's own event in a batch: its served form (``obj``), or None when a
-    filter hides it; ``raw``: its stored JSON when it is served as stored (shared, not copied)."""
+    """The upstream object's own event in a batch: ``upstream`` as received, ``obj`` its served
+    form (None when a filter hides it), ``raw`` its stored JSON when it is served as stored
+    (then shared with the store, not encoded again)."""
 
     type: str
     key: str
@@ -78,11 +79,6 @@ class Publisher:
     def rv(self, resource: Resource) -> int:
         """The resourceVersion the view of ``resource`` serves."""
         return self.views[resource].rv
-
-    def served_raw(self, resource: Resource, key: str) -> bytes | None:
-        """The JSON served (or, while loading, staged) for ``key``."""
-        entry = (self._staged[resource] if self.loading else self.views[resource].objects).get(key)
-        return entry.raw if entry is not None else None
 
     def advance(self, resource: Resource, rv: int) -> None:
         if not self.loading:
