@@ -46,6 +46,7 @@ F = TypeVar("F")
 Handler = Callable[[str, str, JSONDict, int], None]
 
 _intern = sys.intern
+_NO_FORMS: Forms = {}  # shared, never written
 
 
 def _slice_refs(_key: str, obj: JSONDict) -> Refs:
@@ -87,8 +88,7 @@ class ClusterCache:
     ) -> None:
         self.local_node = local_node
         budget = HistoryBudget(history_bytes)
-        views = {r: View(r, max_events=history_events, budget=budget) for r in ALL}
-        self.views: dict[str, View] = {r.plural: view for r, view in views.items()}
+        self.views: dict[str, View] = {r.plural: View(r, max_events=history_events, budget=budget) for r in ALL}
         # The declared indexes (the planner and outputs read them). Slices and Endpoints share
         # the one that files their Service under their endpoints' nodes.
         services_by_node: OwnersIndex[Refs] = OwnersIndex(lambda r: r.nodes, owner=lambda r: r.service)
@@ -97,9 +97,9 @@ class ClusterCache:
         self._slices: Store[Refs] = Store(ENDPOINTSLICES, {
             BY_SERVICE: KeysIndex(lambda r: (r.service,) if r.service else ()), BY_NODE: services_by_node})
         self._endpoints: Store[Refs] = Store(ENDPOINTS, {BY_NODE: services_by_node})
-        self._stores: dict[Resource, Store[Any]] = {
-            NODES: self._nodes, SERVICES: self._services, ENDPOINTSLICES: self._slices, ENDPOINTS: self._endpoints,
-        }
+        # By plural (a Resource's hash covers all its fields; a str caches its own).
+        self._stores: dict[str, Store[Any]] = {s.resource.plural: s for s in (
+            self._nodes, self._services, self._slices, self._endpoints)}
         # Read live by the filters (through the context) and the planner; only
         # node_labels_changed writes it.
         self._node_labels: dict[str, dict[str, str]] = {}
@@ -107,16 +107,17 @@ class ClusterCache:
         self._planner = Planner(pipeline, local_node, self._node_labels, self._services, self._slices)
         self._outputs = Outputs(pipeline, TopologyContext(local_node, self._node_labels), self._services,
                                self._slices, self._endpoints)
-        self._publisher = Publisher(views)
-        self._handlers: dict[Resource, Handler] = {
-            NODES: self._on_node,
-            SERVICES: self._on_service,
-            ENDPOINTSLICES: self._on_slice,
-            ENDPOINTS: self._on_endpoints,
+        self._publisher = Publisher(self.views)
+        self._handlers: dict[str, Handler] = {
+            NODES.plural: self._on_node,
+            SERVICES.plural: self._on_service,
+            ENDPOINTSLICES.plural: self._on_slice,
+            ENDPOINTS.plural: self._on_endpoints,
         }
-        if set(self._handlers) != set(ALL) or set(self._stores) != set(ALL):
+        cached = {r.plural for r in ALL}
+        if set(self._handlers) != cached or set(self._stores) != cached:
             raise TypeError("every cached resource needs a store and a handler: "
-                            f"{sorted(r.plural for r in set(ALL) ^ (set(self._handlers) & set(self._stores)))}")
+                            f"{sorted(cached ^ (set(self._handlers) & set(self._stores)))}")
         self.ready_event = asyncio.Event()
         self._forget()
 
@@ -151,14 +152,14 @@ class ClusterCache:
     def apply(self, resource: Resource, type_: str, obj: JSONDict) -> None:
         """One upstream watch event (ADDED, MODIFIED or DELETED)."""
         rv = rv_of(obj)
-        store = self._stores[resource]
+        store = self._stores[resource.plural]
         self.events_in[resource.plural] += 1
         self.generation += 1
-        self._handlers[resource](type_, object_key(obj), obj, rv)
+        self._handlers[resource.plural](type_, object_key(obj), obj, rv)
         store.rv = max(store.rv, rv)
 
     def bookmark(self, resource: Resource, rv: int) -> None:
-        store = self._stores[resource]
+        store = self._stores[resource.plural]
         store.rv = max(store.rv, rv)
         self._publisher.advance(resource, rv)
 
@@ -201,7 +202,7 @@ class ClusterCache:
     # ---- queries -----------------------------------------------------------------------
 
     def upstream_rv(self, resource: Resource) -> int:
-        return self._stores[resource].rv
+        return self._stores[resource.plural].rv
 
     @property
     def ready(self) -> bool:
@@ -235,7 +236,7 @@ class ClusterCache:
 
     def raw_items(self, resource: Resource) -> list[bytes]:
         """The JSON of every upstream object of ``resource`` (after the first sync)."""
-        return self._stores[resource].raw_items()
+        return self._stores[resource.plural].raw_items()
 
     def explain(self, service: str | None = None) -> dict[str, Any]:
         """What the local node sees for each Service some filter is involved in, and why."""
@@ -253,12 +254,13 @@ class ClusterCache:
         """While loading: each listed object is handled as ``items`` yields it, so a reflector
         that decodes its pages one at a time never has the whole list decoded; what the list
         lacks is deleted after."""
-        store, handle = self._stores[resource], self._handlers[resource]
+        store, handle = self._stores[resource.plural], self._handlers[resource.plural]
         seen: set[str] = set()
         for obj in items:
             key = object_key(obj)
             seen.add(key)
-            handle("MODIFIED" if key in store.objects else "ADDED", key, obj, rv_of(obj))
+            # No event is published while loading: there is no resourceVersion to publish at.
+            handle("MODIFIED" if key in store.objects else "ADDED", key, obj, 0)
         for key in [k for k in store.objects if k not in seen]:
             handle(DELETED, key, store.objects[key].obj(), rv)
         store.rv = rv
@@ -274,7 +276,7 @@ class ClusterCache:
         RVs (a client may write them back). So the last event of the relist is the one that
         advances the view, and a client that lists at the list's RV afterwards gets none again.
         """
-        store, handle = self._stores[resource], self._handlers[resource]
+        store, handle = self._stores[resource.plural], self._handlers[resource.plural]
         new = {object_key(o): o for o in items}
         for key, stored in list(store.objects.items()):
             if key not in new:
@@ -302,13 +304,13 @@ class ClusterCache:
         new_timeline, self._new_timeline = self._new_timeline, False
         self._outputs.endpoint_counts.clear()
         self._serve_again(self._planner.after_load(), 0)
-        self._publisher.finish_load({r: s.rv for r, s in self._stores.items()}, new_timeline=new_timeline)
+        self._publisher.finish_load({plural: s.rv for plural, s in self._stores.items()}, new_timeline=new_timeline)
         self.ready_event.set()
         log.info(
             "cache %s: %d nodes, %d services, %d endpointslices, %d endpoints",
             "resynced on the apiserver's new resourceVersions (open watches get 410 and relist)"
             if new_timeline else "synced",
-            *(len(self._stores[r].objects) for r in (NODES, SERVICES, ENDPOINTSLICES, ENDPOINTS)),
+            *(len(s.objects) for s in (self._nodes, self._services, self._slices, self._endpoints)),
         )
 
     # ---- per-resource handlers -----------------------------------------------------------
@@ -320,31 +322,39 @@ class ClusterCache:
         self._emit(NODES, type_, key, obj, new, rv)
         self.node_labels_changed(key, None if new is None else (obj["metadata"].get("labels") or {}), rv)
 
+    # While loading, nothing is served again with a change (``group`` stays empty) and nothing
+    # is re-filtered: the load's end serves every filtered Service once.
+
     def _on_service(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
         old, new = self._keep(self._services, type_, key, obj, self._policies_of)
         if old is None and new is None:
             return
         after = new.facts if new is not None else NO_POLICIES
-        self._emit(SERVICES, type_, key, obj, new, rv, (key,) if after.touches(SERVICES) else ())
-        self._refilter(self._planner.after_service_change(key, old.facts if old is not None else NO_POLICIES, after),
-                       rv)
+        live = not self._publisher.loading
+        self._emit(SERVICES, type_, key, obj, new, rv, (key,) if live and after.touches(SERVICES) else ())
+        if live:
+            before = old.facts if old is not None else NO_POLICIES
+            self._refilter(self._planner.after_service_change(key, before, after), rv)
 
     def _on_slice(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
         old, new = self._keep(self._slices, type_, key, obj, _slice_refs)
         if old is None and new is None:
             return
-        owners = {r.facts.service for r in (old, new) if r is not None and r.facts.service is not None}
-        # A Service no filter acts on serves its slices as stored: the siblings of this one
-        # cannot have changed, so they are neither decoded nor compared.
-        group = [s for s in sorted(owners) if self._outputs.policies(s).touches(ENDPOINTSLICES)]
+        group: list[str] = []
+        if not self._publisher.loading:
+            owners = {r.facts.service for r in (old, new) if r is not None and r.facts.service is not None}
+            # A Service no filter acts on serves its slices as stored: the siblings of this one
+            # cannot have changed, so they are neither decoded nor compared.
+            group = [s for s in sorted(owners) if self._outputs.policies(s).touches(ENDPOINTSLICES)]
         self._emit(ENDPOINTSLICES, type_, key, obj, new, rv, group)
 
     def _on_endpoints(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
         old, new = self._keep(self._endpoints, type_, key, obj, _endpoints_refs)
         if old is None and new is None:
             return
+        live = not self._publisher.loading
         self._emit(ENDPOINTS, type_, key, obj, new, rv,
-                   (key,) if self._outputs.policies(key).touches(ENDPOINTS) else ())
+                   (key,) if live and self._outputs.policies(key).touches(ENDPOINTS) else ())
 
     def _keep(self, store: Store[F], type_: str, key: str, obj: JSONDict,
               facts: Callable[[str, JSONDict], F]) -> tuple[Stored[F] | None, Stored[F] | None]:
@@ -369,13 +379,18 @@ class ClusterCache:
               group: Iterable[str] = ()) -> None:
         """Publish one upstream change as one batch: the objects of ``group`` (Services) of the
         same resource served again with it, then its own event, last."""
-        derived: Forms = {}
-        if not self._publisher.loading:  # a load serves every filtered Service once, at its end
+        derived: Forms = _NO_FORMS
+        served: JSONDict | None = obj
+        if group:
+            derived = {}
+            fresh = (key, obj) if new is not None else None
             for service in group:
-                derived.update(self._outputs.of(resource, service, (key, obj) if new is not None else None))
-        served = derived.pop(key, obj) if new is not None else obj
-        raw = new.raw if new is not None and served is obj else None
-        self._publisher.publish(Batch(resource, rv, derived, Own(type_, key, served, obj, raw)))
+                derived.update(self._outputs.of(resource, service, fresh))
+            if new is not None:
+                served = derived.pop(key, obj)
+        own = (Own(type_, key, served, obj, new.raw, new.rv) if new is not None and served is obj
+               else Own(type_, key, served, obj))
+        self._publisher.publish(Batch(resource, rv, derived, own))
 
     # ---- re-filtering ---------------------------------------------------------------------
 

@@ -79,15 +79,21 @@ class OwnersIndex(Generic[F]):
         before = self._func(old) if old is not None and old_owner is not None else _NONE
         after = self._func(new) if new is not None and new_owner is not None else _NONE
         moved = old_owner != new_owner
+        if not moved and before == after:
+            return
         if old_owner is not None:
             for value in before:
                 if moved or value not in after:
                     self._remove(value, old_owner)
         if new_owner is not None:
+            counts_by_value = self._counts
             for value in after:
                 if moved or value not in before:
-                    counts = self._counts.setdefault(value, {})
-                    counts[new_owner] = counts.get(new_owner, 0) + 1
+                    counts = counts_by_value.get(value)
+                    if counts is None:
+                        counts_by_value[value] = {new_owner: 1}
+                    else:
+                        counts[new_owner] = counts.get(new_owner, 0) + 1
 
     def _remove(self, value: str, owner: str) -> None:
         counts = self._counts[value]

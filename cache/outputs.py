@@ -36,8 +36,8 @@ class Outputs:
         self._endpoints = endpoints
         # Per Service whose policies act on its slices: (endpoints kept, endpoints dropped) now.
         self.endpoint_counts: dict[str, tuple[int, int]] = {}
-        self._by_resource: dict[Resource, Callable[[str, Fresh], Forms]] = {
-            SERVICES: self.service, ENDPOINTSLICES: self.slices, ENDPOINTS: self.endpoints,
+        self._by_resource: dict[str, Callable[[str, Fresh], Forms]] = {
+            SERVICES.plural: self.service, ENDPOINTSLICES.plural: self.slices, ENDPOINTS.plural: self.endpoints,
         }
 
     def policies(self, service: str) -> Policies:
@@ -45,7 +45,7 @@ class Outputs:
         return stored.facts if stored is not None else NO_POLICIES
 
     def of(self, resource: Resource, service: str, fresh: Fresh = None) -> Forms:
-        return self._by_resource[resource](service, fresh)
+        return self._by_resource[resource.plural](service, fresh)
 
     def service(self, key: str, fresh: Fresh = None) -> Forms:
         return self._one(self._services, SERVICES, key, fresh,

@@ -59,7 +59,7 @@ class Planner:
 
     @staticmethod
     def after_service_change(key: str, before: Policies, after: Policies) -> Plan:
-        if before == after:
+        if before is after or before == after:  # equal policies are mostly one object
             # Other changes to a Service change nothing in how its objects are served.
             return {}
         # Whatever either version's policies act on; its own event carries the Service itself.

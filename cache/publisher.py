@@ -25,14 +25,15 @@ from kubeapi.types import JSONDict
 
 class Own(NamedTuple):
     """The upstream object's own event in a batch: ``upstream`` as received, ``obj`` its served
-    form (None when a filter hides it), ``raw`` its stored JSON when it is served as stored
-    (then shared with the store, not encoded again)."""
+    form (None when a filter hides it); when it is served as stored, ``raw`` and ``rv`` are the
+    stored JSON (shared with the store, not encoded again) and resourceVersion."""
 
     type: str
     key: str
     obj: JSONDict | None
     upstream: JSONDict
-    raw: bytes | None
+    raw: bytes | None = None
+    rv: int = 0
 
 
 @dataclass(slots=True)
@@ -49,10 +50,10 @@ class Publisher:
     """Writes the views: ``publish`` a batch, or, while loading, stage it for ``finish_load``.
     Owned and called by ``ClusterCache``; wrapper/ only ever reads the views."""
 
-    def __init__(self, views: Mapping[Resource, View]) -> None:
-        self.views = views
+    def __init__(self, views: Mapping[str, View]) -> None:
+        self.views = views  # by plural
         self.loading = True
-        self._staged: dict[Resource, dict[str, Entry]] = {r: {} for r in views}
+        self._staged: dict[str, dict[str, Entry]] = {plural: {} for plural in views}
         # Re-filtered events published (not the upstream's own), for metrics and the debug page.
         self.synthetic_events = 0
 
@@ -60,7 +61,7 @@ class Publisher:
         if self.loading:
             self._stage(batch)
             return
-        view = self.views[batch.resource]
+        view = self.views[batch.resource.plural]
         own = batch.own
         changes = _differences(view, batch.derived, skip=own.key if own is not None else None)
         self.synthetic_events += len(changes)
@@ -78,11 +79,11 @@ class Publisher:
 
     def rv(self, resource: Resource) -> int:
         """The resourceVersion the view of ``resource`` serves."""
-        return self.views[resource].rv
+        return self.views[resource.plural].rv
 
     def advance(self, resource: Resource, rv: int) -> None:
         if not self.loading:
-            self.views[resource].advance(rv)
+            self.views[resource.plural].advance(rv)
 
     # ---- loads -----------------------------------------------------------------------------
 
@@ -92,11 +93,12 @@ class Publisher:
         for staged in self._staged.values():
             staged.clear()
 
-    def finish_load(self, rvs: Mapping[Resource, int], *, new_timeline: bool) -> None:
-        """Load every view with what was staged (see ``View.load`` for ``new_timeline``)."""
-        for resource, view in self.views.items():
-            view.load(self._staged[resource], rvs[resource], new_timeline=new_timeline)
-            self._staged[resource] = {}
+    def finish_load(self, rvs: Mapping[str, int], *, new_timeline: bool) -> None:
+        """Load every view with what was staged, at ``rvs`` (by plural; ``View.load`` says
+        what ``new_timeline`` does)."""
+        for plural, view in self.views.items():
+            view.load(self._staged[plural], rvs[plural], new_timeline=new_timeline)
+            self._staged[plural] = {}
         self.loading = False
 
     def clear(self) -> None:
@@ -107,7 +109,7 @@ class Publisher:
         self.synthetic_events = 0
 
     def _stage(self, batch: Batch) -> None:
-        staged = self._staged[batch.resource]
+        staged = self._staged[batch.resource.plural]
         resource = batch.resource
         for key, out in batch.derived.items():
             if out is None:
@@ -120,8 +122,9 @@ class Publisher:
         if own.obj is None or own.type == "DELETED":
             staged.pop(own.key, None)
         else:
-            staged[own.key] = Entry(own.raw if own.raw is not None else exact_json(own.obj), rv_of(own.obj),
-                                    selectable(resource, own.obj))
+            fields = selectable(resource, own.obj)
+            staged[own.key] = (Entry(own.raw, own.rv, fields) if own.raw is not None
+                               else Entry(exact_json(own.obj), rv_of(own.obj), fields))
 
 
 def _differences(view: View, derived: Mapping[str, JSONDict | None], skip: str | None) -> list[tuple[str, JSONDict]]:

@@ -41,7 +41,7 @@ class Policies:
 
     def touches(self, resource: Resource) -> bool:
         """Whether some filter may serve this Service's objects of ``resource`` otherwise than stored."""
-        return resource in self.acts_on
+        return bool(self.acts_on) and resource in self.acts_on
 
 
 NO_POLICIES = Policies()

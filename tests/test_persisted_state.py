@@ -406,7 +406,7 @@ def test_a_loading_failure_the_validator_missed_is_logged_and_leaves_an_empty_ca
     cache = ClusterCache(LOCAL_NODE)
     finish_load = Publisher.finish_load
 
-    def broken_finish_load(self: Publisher, rvs: Mapping[Resource, int], *, new_timeline: bool) -> None:
+    def broken_finish_load(self: Publisher, rvs: Mapping[str, int], *, new_timeline: bool) -> None:
         finish_load(self, rvs, new_timeline=new_timeline)  # the views loaded, half-built state...
         cache.node_labels_changed("phantom", {"location": "nowhere"}, BASE_RV)
         raise RuntimeError("a bug")
