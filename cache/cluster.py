@@ -19,57 +19,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from cache.indexes import Index, KeysIndex, OwnersIndex
+from cache.indexes import Refs, endpoints_refs, reference_indexes, service_indexes, slice_refs
 from cache.outputs import Forms, Outputs
-from cache.planner import BY_LABEL_READ, BY_LOCAL_LABEL_READ, BY_NODE, BY_PRESENCE_READ, BY_SERVICE, Plan, Planner, Refs
+from cache.planner import Plan, Planner
 from cache.publisher import Batch, Own, Publisher
 from cache.store import Store, Stored
 from cache.view import DEFAULT_HISTORY_BYTES, HistoryBudget, View, exact_json
 from filters.api import NodeChange, TopologyContext
 from filters.pipeline import NO_POLICIES, PIPELINE, Pipeline, Policies
-from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource, key_of, object_key
+from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource, object_key
 from kubeapi.rv import rv_of
 from kubeapi.types import JSONDict
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DELETED = "DELETED"
 
 F = TypeVar("F")
 # How one resource's upstream changes are handled: (type, key, object, resourceVersion to publish at).
 Handler = Callable[[str, str, JSONDict, int], None]
 
-_intern = sys.intern
 _NO_FORMS: Forms = {}  # shared, never written
-
-
-def _slice_refs(_key: str, obj: JSONDict) -> Refs:
-    meta = obj.get("metadata") or {}
-    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    # Interned: the same few node names are held by thousands of index entries.
-    return Refs(key_of(meta.get("namespace"), name) if name else None,
-                frozenset(_intern(n) for e in obj.get("endpoints") or () if (n := e.get("nodeName"))))
-
-
-def _endpoints_refs(key: str, obj: JSONDict) -> Refs:
-    return Refs(key, frozenset(
-        _intern(n) for sub in obj.get("subsets") or ()
-        for field in ("addresses", "notReadyAddresses") for a in sub.get(field) or () if (n := a.get("nodeName"))
-    ))
-
-
-def _service_indexes() -> dict[str, Index[Policies]]:
-    return {
-        BY_LABEL_READ: KeysIndex(lambda p: p.reads.label_keys),
-        BY_PRESENCE_READ: KeysIndex(lambda p: ("",) if p.reads.node_presence else ()),
-        BY_LOCAL_LABEL_READ: KeysIndex(lambda p: p.reads.local_labels),
-    }
 
 
 class ClusterCache:
@@ -89,14 +63,11 @@ class ClusterCache:
         self.local_node = local_node
         budget = HistoryBudget(history_bytes)
         self.views: dict[str, View] = {r.plural: View(r, max_events=history_events, budget=budget) for r in ALL}
-        # The declared indexes (the planner and outputs read them). Slices and Endpoints share
-        # the one that files their Service under their endpoints' nodes.
-        services_by_node: OwnersIndex[Refs] = OwnersIndex(lambda r: r.nodes, owner=lambda r: r.service)
+        slice_indexes, endpoints_indexes = reference_indexes()
         self._nodes: Store[None] = Store(NODES)
-        self._services: Store[Policies] = Store(SERVICES, _service_indexes())
-        self._slices: Store[Refs] = Store(ENDPOINTSLICES, {
-            BY_SERVICE: KeysIndex(lambda r: (r.service,) if r.service else ()), BY_NODE: services_by_node})
-        self._endpoints: Store[Refs] = Store(ENDPOINTS, {BY_NODE: services_by_node})
+        self._services: Store[Policies] = Store(SERVICES, service_indexes())
+        self._slices: Store[Refs] = Store(ENDPOINTSLICES, slice_indexes)
+        self._endpoints: Store[Refs] = Store(ENDPOINTS, endpoints_indexes)
         # By plural (a Resource's hash covers all its fields; a str caches its own).
         self._stores: dict[str, Store[Any]] = {s.resource.plural: s for s in (
             self._nodes, self._services, self._slices, self._endpoints)}
@@ -337,7 +308,7 @@ class ClusterCache:
             self._refilter(self._planner.after_service_change(key, before, after), rv)
 
     def _on_slice(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
-        old, new = self._keep(self._slices, type_, key, obj, _slice_refs)
+        old, new = self._keep(self._slices, type_, key, obj, slice_refs)
         if old is None and new is None:
             return
         group: list[str] = []
@@ -349,7 +320,7 @@ class ClusterCache:
         self._emit(ENDPOINTSLICES, type_, key, obj, new, rv, group)
 
     def _on_endpoints(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
-        old, new = self._keep(self._endpoints, type_, key, obj, _endpoints_refs)
+        old, new = self._keep(self._endpoints, type_, key, obj, endpoints_refs)
         if old is None and new is None:
             return
         live = not self._publisher.loading

@@ -1,4 +1,5 @@
-"""Declared indexes over a resource's objects, in the manner of client-go's ``Indexers``.
+"""Declared indexes over a resource's objects, in the manner of client-go's ``Indexers``, and
+the cache's own: their names, functions and fact records.
 
 Each index has a name and a function from an object's facts (a small record the cache computes
 once per object version, never the decoded object) to the values it is filed under. One
@@ -12,8 +13,14 @@ its Endpoints) file it once; stores may share one.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Collection, Mapping, Set
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
+
+from filters.pipeline import Policies
+from kubeapi.resources import key_of
+from kubeapi.types import JSONDict
 
 F = TypeVar("F")
 F_contra = TypeVar("F_contra", contravariant=True)
@@ -134,3 +141,56 @@ class Indexer(Generic[F]):
     def clear(self) -> None:
         for index in self._indexes.values():
             index.clear()
+
+
+# ---- the cache's declared indexes ----------------------------------------------------------
+
+BY_LABEL_READ = "label"  # Services by a node label key their policies read
+BY_PRESENCE_READ = "presence"  # Services whose policies read which nodes exist (one value: "")
+BY_LOCAL_LABEL_READ = "local-label"  # Services by a label key of the local node their policies read
+BY_SERVICE = "service"  # EndpointSlices by their Service
+BY_NODE = "node"  # Services by the nodes of their EndpointSlices' and Endpoints' endpoints
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+_intern = sys.intern
+
+
+@dataclass(slots=True)
+class Refs:
+    """The facts of an EndpointSlice or Endpoints: its Service, and the nodes of its endpoints."""
+
+    service: str | None
+    nodes: frozenset[str]
+
+
+def slice_refs(_key: str, obj: JSONDict) -> Refs:
+    meta = obj.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    # Interned: the same few node names are held by thousands of index entries.
+    return Refs(key_of(meta.get("namespace"), name) if name else None,
+                frozenset(_intern(n) for e in obj.get("endpoints") or () if (n := e.get("nodeName"))))
+
+
+def endpoints_refs(key: str, obj: JSONDict) -> Refs:
+    """An Endpoints object is its Service's: same namespace and name."""
+    return Refs(key, frozenset(
+        _intern(n) for sub in obj.get("subsets") or ()
+        for field in ("addresses", "notReadyAddresses") for a in sub.get(field) or () if (n := a.get("nodeName"))
+    ))
+
+
+def service_indexes() -> dict[str, Index[Policies]]:
+    """A Service is filed under what its policies read about Nodes."""
+    return {
+        BY_LABEL_READ: KeysIndex(lambda p: p.reads.label_keys),
+        BY_PRESENCE_READ: KeysIndex(lambda p: ("",) if p.reads.node_presence else ()),
+        BY_LOCAL_LABEL_READ: KeysIndex(lambda p: p.reads.local_labels),
+    }
+
+
+def reference_indexes() -> tuple[dict[str, Index[Refs]], dict[str, Index[Refs]]]:
+    """The EndpointSlices' and the Endpoints' indexes; both file their Service under their
+    endpoints' nodes, in one shared index."""
+    services_by_node: OwnersIndex[Refs] = OwnersIndex(lambda r: r.nodes, owner=lambda r: r.service)
+    return ({BY_SERVICE: KeysIndex(lambda r: (r.service,) if r.service else ()), BY_NODE: services_by_node},
+            {BY_NODE: services_by_node})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cache.planner import BY_SERVICE, Refs
+from cache.indexes import BY_SERVICE, Refs
 from cache.store import Store
 from filters.api import TopologyContext
 from filters.pipeline import NO_POLICIES, Pipeline, Policies

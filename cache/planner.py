@@ -8,30 +8,15 @@ declared indexes; a Service's own change re-filters that Service when its polici
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
 
+from cache.indexes import BY_LABEL_READ, BY_LOCAL_LABEL_READ, BY_NODE, BY_PRESENCE_READ, Refs
 from cache.store import Store
 from filters.api import NodeChange
 from filters.pipeline import Pipeline, Policies
 from kubeapi.resources import SERVICES, Resource
 
-# The declared indexes the planner reads (see cache.cluster for their functions).
-BY_LABEL_READ = "label"  # Services by a node label key their policies read
-BY_PRESENCE_READ = "presence"  # Services whose policies read which nodes exist (one value: "")
-BY_LOCAL_LABEL_READ = "local-label"  # Services by a label key of the local node their policies read
-BY_NODE = "node"  # Services by the nodes of their EndpointSlices' and Endpoints' endpoints
-BY_SERVICE = "service"  # EndpointSlices by their Service
-
 # Which Services to re-filter, and which of their resources to serve again.
 Plan = dict[str, frozenset[Resource]]
-
-
-@dataclass(slots=True)
-class Refs:
-    """The facts of an EndpointSlice or Endpoints: its Service, and the nodes of its endpoints."""
-
-    service: str | None
-    nodes: frozenset[str]
 
 
 class Planner:
