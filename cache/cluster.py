@@ -226,14 +226,18 @@ class ClusterCache:
         that decodes its pages one at a time never has the whole list decoded; what the list
         lacks is deleted after."""
         store, handle = self._stores[resource.plural], self._handlers[resource.plural]
-        seen: set[str] = set()
-        for obj in items:
-            key = object_key(obj)
-            seen.add(key)
-            # No event is published while loading: there is no resourceVersion to publish at.
-            handle("MODIFIED" if key in store.objects else "ADDED", key, obj, 0)
-        for key in [k for k in store.objects if k not in seen]:
-            handle(DELETED, key, store.objects[key].obj(), rv)
+        # No event is published while loading: there is no resourceVersion to publish at (0).
+        if not store.objects:  # the first list of a resource: nothing to replace or delete
+            for obj in items:
+                handle("ADDED", object_key(obj), obj, 0)
+        else:
+            seen: set[str] = set()
+            for obj in items:
+                key = object_key(obj)
+                seen.add(key)
+                handle("MODIFIED" if key in store.objects else "ADDED", key, obj, 0)
+            for key in [k for k in store.objects if k not in seen]:
+                handle(DELETED, key, store.objects[key].obj(), 0)
         store.rv = rv
         store.listed = True
         if all(s.listed for s in self._stores.values()):

@@ -47,6 +47,14 @@ class KeysIndex(Generic[F]):
         self._keys: dict[str, set[str]] = {}
 
     def update(self, key: str, old: F | None, new: F | None) -> None:
+        if old is None and new is not None:  # the common case, every object of a list
+            for value in self._func(new):
+                keys = self._keys.get(value)
+                if keys is None:
+                    self._keys[value] = {key}
+                else:
+                    keys.add(key)
+            return
         before = self._func(old) if old is not None else _NONE
         after = self._func(new) if new is not None else _NONE
         if before == after:
@@ -81,9 +89,13 @@ class OwnersIndex(Generic[F]):
         self._counts: dict[str, dict[str, int]] = {}
 
     def update(self, key: str, old: F | None, new: F | None) -> None:
-        old_owner = self._owner(old) if old is not None else None
+        if old is None:  # the common case, every object of a list
+            if new is not None and (owner := self._owner(new)) is not None:
+                self._add(self._func(new), owner)
+            return
+        old_owner = self._owner(old)
         new_owner = self._owner(new) if new is not None else None
-        before = self._func(old) if old is not None and old_owner is not None else _NONE
+        before = self._func(old) if old_owner is not None else _NONE
         after = self._func(new) if new is not None and new_owner is not None else _NONE
         moved = old_owner != new_owner
         if not moved and before == after:
@@ -93,14 +105,16 @@ class OwnersIndex(Generic[F]):
                 if moved or value not in after:
                     self._remove(value, old_owner)
         if new_owner is not None:
-            counts_by_value = self._counts
-            for value in after:
-                if moved or value not in before:
-                    counts = counts_by_value.get(value)
-                    if counts is None:
-                        counts_by_value[value] = {new_owner: 1}
-                    else:
-                        counts[new_owner] = counts.get(new_owner, 0) + 1
+            self._add(after if moved else [v for v in after if v not in before], new_owner)
+
+    def _add(self, values: Collection[str], owner: str) -> None:
+        counts_by_value = self._counts
+        for value in values:
+            counts = counts_by_value.get(value)
+            if counts is None:
+                counts_by_value[value] = {owner: 1}
+            else:
+                counts[owner] = counts.get(owner, 0) + 1
 
     def _remove(self, value: str, owner: str) -> None:
         counts = self._counts[value]
@@ -128,11 +142,12 @@ class Indexer(Generic[F]):
 
     def __init__(self, indexes: Mapping[str, Index[F]]) -> None:
         self._indexes = dict(indexes)
+        self._updates = tuple(index.update for index in self._indexes.values())
 
     def update(self, key: str, old: F | None, new: F | None) -> None:
         """``key``'s facts went from ``old`` to ``new`` (None: absent)."""
-        for index in self._indexes.values():
-            index.update(key, old, new)
+        for update in self._updates:
+            update(key, old, new)
 
     def get(self, name: str, value: str) -> Set[str]:
         """What index ``name`` files under ``value`` (live: do not keep or change it)."""
