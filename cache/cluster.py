@@ -1,120 +1,105 @@
 """The cluster cache: upstream state in, filtered views out.
 
-Reflectors feed raw upstream events for nodes, services, endpointslices and endpoints. This
-module keeps the upstream objects (as JSON bytes), asks ``filters`` what the local node
-should see, and publishes the result into one ``View`` per resource. Re-filtering is
-incremental: a node relabel only revisits the Services whose topology keys use a changed
-label, and only objects whose filtered content changed get an event.
+``ClusterCache`` is the reflectors' Sink, and composes the parts that each own one concern:
+
+* a ``Store`` per resource (``cache.store``): the upstream objects as bytes, and their declared
+  indexes (``cache.indexes``) over small fact records;
+* the node labels: which Nodes exist and their labels, all that filters read about Nodes;
+* the ``Planner`` (``cache.planner``): which Services to re-filter after a change;
+* ``Outputs`` (``cache.outputs``): what to serve for a Service's objects, asked of filters/;
+* the ``Publisher`` (``cache.publisher``): each change batch into the ``View`` of its resource.
+
+Every upstream change, before the first sync or after it, goes through the handler of its
+resource (the table in ``__init__``). While the cache loads (its first sync, or a new upstream
+timeline) the publisher stages what the views will serve instead of publishing events, and no
+re-filter is planned: the load's end serves every filtered Service once, then loads the views.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
-import orjson
-
-from cache.view import DEFAULT_HISTORY_BYTES, Entry, HistoryBudget, View, selectable, stamp
-from filters.keys import MalformedKeys, TopologyKeys, parse_topology_keys
-from filters.topology import TopologyContext, filter_endpoint_slices, filter_endpoints
-from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource, key_of, object_key
+from cache.indexes import Refs, endpoints_refs, reference_indexes, service_indexes, slice_refs
+from cache.outputs import Forms, Outputs
+from cache.planner import Plan, Planner
+from cache.publisher import Batch, Own, Publisher
+from cache.store import Store, Stored
+from cache.view import DEFAULT_HISTORY_BYTES, HistoryBudget, View, exact_json
+from filters.api import NodeChange, TopologyContext
+from filters.pipeline import NO_POLICIES, PIPELINE, Pipeline, Policies
+from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource, object_key
 from kubeapi.rv import rv_of
-from kubeapi.types import Endpoints, EndpointSlice, JSONDict
+from kubeapi.types import JSONDict
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-# Pseudo label key: a node appearing or disappearing changes what hostname keys match.
-_NODE_PRESENCE = "\x00presence"
+DELETED = "DELETED"
 
-Keys = TopologyKeys | MalformedKeys | None
-_intern = sys.intern
+F = TypeVar("F")
+# How one resource's upstream changes are handled: (type, key, object, resourceVersion to publish at).
+Handler = Callable[[str, str, JSONDict, int], None]
 
-
-@dataclass(slots=True)
-class _Stored:
-    """An upstream object as kept after the first sync: its JSON, not the decoded dict.
-
-    Decoded JSON costs about ten times its text and, being young, a garbage-collector scan
-    per event; only a topology-aware Service's objects are ever needed decoded again (to
-    re-filter them), and decoding those on demand is cheap next to filtering them.
-    """
-
-    raw: bytes
-    rv: int
-    owner: str | None  # an EndpointSlice's Service
-
-    def obj(self) -> JSONDict:
-        decoded: JSONDict = orjson.loads(self.raw)
-        return decoded
-
-
-@dataclass(slots=True)
-class _Loaded:
-    """What the first full build needs of one object beyond its bytes, taken as it arrives."""
-
-    fields: JSONDict  # its selectable projection, for the view entry
-    nodes: frozenset[str]  # EndpointSlices and Endpoints: nodes with endpoints
-    meta: JSONDict  # Nodes (labels) and Services (annotations): the metadata
-
-
-@dataclass
-class _Raw:
-    objects: dict[str, _Stored] = field(default_factory=dict)
-    # Until the first full sync: per object, what _build needs (the decoded objects are not
-    # kept, so the memory they took is reused while the list is still being converted).
-    loaded: dict[str, _Loaded] = field(default_factory=dict)
-    rv: int = 0
-    listed: bool = False
-
-
-def _service_of_slice(obj: JSONDict) -> str | None:
-    meta = obj.get("metadata") or {}
-    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    return key_of(meta.get("namespace"), name) if name else None
-
-
-def _nodes_of_slice(obj: JSONDict) -> frozenset[str]:
-    # Interned: the same few node names are held by thousands of index entries.
-    return frozenset(_intern(n) for e in obj.get("endpoints") or () if (n := e.get("nodeName")))
-
-
-def _nodes_of_endpoints(obj: JSONDict) -> frozenset[str]:
-    return frozenset(
-        _intern(n) for sub in obj.get("subsets") or ()
-        for field in ("addresses", "notReadyAddresses") for a in sub.get(field) or () if (n := a.get("nodeName"))
-    )
-
-
-def _exact_json(obj: JSONDict) -> bytes:
-    # orjson's result keeps its spare buffer capacity; a kept copy should be exact.
-    return memoryview(orjson.dumps(obj)).tobytes()
+_NO_FORMS: Forms = {}  # shared, never written
 
 
 class ClusterCache:
+    """The upstream state and the filtered views of one wrapper.
+
+    Owns a ``Store`` per resource, the node labels, the ``View`` per resource, and the parts
+    that turn changes into views (``Planner``, ``Outputs``, ``Publisher``). Fed by the
+    reflectors of ``cache.informers`` (``replace``, ``apply``, ``bookmark``, ``start_over``) and
+    by ``cache.snapshot`` (``replace``, ``clear``); read by wrapper/ (``views``, readiness,
+    ``explain``, counters) and by the snapshot writer (``raw_items``, ``upstream_rv``).
+    """
+
     def __init__(
-        self, local_node: str, *, history_events: int = 20000, history_bytes: int = DEFAULT_HISTORY_BYTES
+        self, local_node: str, *, history_events: int = 20000, history_bytes: int = DEFAULT_HISTORY_BYTES,
+        pipeline: Pipeline = PIPELINE,
     ) -> None:
         self.local_node = local_node
         budget = HistoryBudget(history_bytes)
         self.views: dict[str, View] = {r.plural: View(r, max_events=history_events, budget=budget) for r in ALL}
-        self._raw: dict[str, _Raw] = {r.plural: _Raw() for r in ALL}
-        self.node_labels: dict[str, dict[str, str]] = {}
-        self._context = TopologyContext(local_node=local_node, nodes=self.node_labels)
-        self.service_keys: dict[str, Keys] = {}
-        self._slices_by_service: dict[str, set[str]] = {}
-        self._services_by_label: dict[str, set[str]] = {}
-        # Which Services have endpoints on which node: a remote node's relabel only matters to those.
-        self._node_refs: dict[str, tuple[str, frozenset[str]]] = {}
-        self._services_on_node: dict[str, dict[str, int]] = {}
-        self.ready = False
+        slice_indexes, endpoints_indexes = reference_indexes()
+        self._nodes: Store[None] = Store(NODES)
+        self._services: Store[Policies] = Store(SERVICES, service_indexes())
+        self._slices: Store[Refs] = Store(ENDPOINTSLICES, slice_indexes)
+        self._endpoints: Store[Refs] = Store(ENDPOINTS, endpoints_indexes)
+        # By plural (a Resource's hash covers all its fields; a str caches its own).
+        self._stores: dict[str, Store[Any]] = {s.resource.plural: s for s in (
+            self._nodes, self._services, self._slices, self._endpoints)}
+        # Read live by the filters (through the context) and the planner; only
+        # node_labels_changed writes it.
+        self._node_labels: dict[str, dict[str, str]] = {}
+        self._pipeline = pipeline
+        self._planner = Planner(pipeline, local_node, self._node_labels, self._services, self._slices)
+        self._outputs = Outputs(pipeline, TopologyContext(local_node, self._node_labels), self._services,
+                               self._slices, self._endpoints)
+        self._publisher = Publisher(self.views)
+        self._handlers: dict[str, Handler] = {
+            NODES.plural: self._on_node,
+            SERVICES.plural: self._on_service,
+            ENDPOINTSLICES.plural: self._on_slice,
+            ENDPOINTS.plural: self._on_endpoints,
+        }
+        cached = {r.plural for r in ALL}
+        if set(self._handlers) != cached or set(self._stores) != cached:
+            raise TypeError("every cached resource needs a store and a handler: "
+                            f"{sorted(cached ^ (set(self._handlers) & set(self._stores)))}")
         self.ready_event = asyncio.Event()
-        # Set by start_over: the next full build loads a new upstream timeline into the views.
+        self._forget()
+
+    def _forget(self) -> None:
+        """Every upstream object, everything derived from them and every counter: as new."""
+        for store in self._stores.values():
+            store.clear()
+        self._node_labels.clear()  # in place: the context and the planner read this dict
+        self._outputs.endpoint_counts.clear()
+        self.ready_event.clear()  # set at the first sync, and kept when the cache starts over
+        # Set by start_over: the next load is a new upstream timeline for the views.
         self._new_timeline = False
         # How many times the upstream's resourceVersions went back (start_over was called).
         self.timeline_resets = 0
@@ -123,96 +108,78 @@ class ClusterCache:
         # Counters for metrics and the debug page.
         self.refilter_runs = 0
         self.refilter_seconds = 0.0
-        self.synthetic_events = 0
         self.events_in: dict[str, int] = {r.plural: 0 for r in ALL}
-        # Per opted-in Service: (endpoints kept, endpoints dropped) in its slices right now.
-        self.topology_counts: dict[str, tuple[int, int]] = {}
 
     # ---- reflector sink --------------------------------------------------------------
 
     def replace(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
-        """A full upstream list. Before the first full sync it just loads; after, it diffs.
-
-        Before the first sync each object is converted as ``items`` yields it and not kept
-        decoded, so a reflector that decodes its pages one at a time never holds the whole
-        list decoded.
-        """
-        raw = self._raw[resource.plural]
+        """A full upstream list of ``resource`` at ``rv``."""
         self.generation += 1
-        if not self.ready:
-            raw.objects, raw.loaded = {}, {}
-            for obj in items:
-                self._load(resource, obj)
-            raw.rv = rv
-            raw.listed = True
-            if all(r.listed for r in self._raw.values()):
-                self._build()
-            return
-        new = {object_key(o): o for o in items}
-        old = raw.objects
-        # Deletions go first, carrying the view's RV as it was (the list does not say when they
-        # happened); then changed objects in their own resourceVersion order, carrying their real
-        # RVs (a client may write them back). So the last event of the relist is the one that
-        # advances the view, and a client that lists at the list's RV afterwards gets none again.
-        view = self.views[resource.plural]
-        for key, stored in list(old.items()):
-            if key not in new:
-                self._apply(resource, "DELETED", stored.obj(), view.rv)
-        changed: list[tuple[int, str, JSONDict]] = []
-        for key, obj in new.items():
-            prev = old.get(key)
-            if prev is None:
-                changed.append((rv_of(obj), "ADDED", obj))
-            elif prev.rv != rv_of(obj):
-                changed.append((rv_of(obj), "MODIFIED", obj))
-        changed.sort(key=lambda c: c[0])
-        for obj_rv, type_, obj in changed:
-            self._apply(resource, type_, obj, min(obj_rv, rv))
-        raw.rv = max(raw.rv, rv)
-        view.advance(rv)
-
-    def start_over(self) -> None:
-        """The upstream's resourceVersions went back: rebuild everything from the next lists.
-
-        Called by the informers, which make every reflector relist. Until each resource has
-        listed again, the views keep serving the last state and the cache is not ready; then
-        every view switches to the new timeline at once (``_build``).
-        """
-        self.ready = False
-        self._new_timeline = True
-        self.timeline_resets += 1
-        self.generation += 1
-        for raw in self._raw.values():
-            raw.listed = False
+        if self._publisher.loading:
+            self._load_list(resource, items, rv)
+        else:
+            self._relist(resource, items, rv)
 
     def apply(self, resource: Resource, type_: str, obj: JSONDict) -> None:
         """One upstream watch event (ADDED, MODIFIED or DELETED)."""
         rv = rv_of(obj)
-        raw = self._raw[resource.plural]
+        store = self._stores[resource.plural]
         self.events_in[resource.plural] += 1
         self.generation += 1
-        if not self.ready:
-            # Still loading: the first full build computes everything at once.
-            if type_ == "DELETED":
-                raw.objects.pop(object_key(obj), None)
-                raw.loaded.pop(object_key(obj), None)
-            else:
-                self._load(resource, obj)
-            raw.rv = max(raw.rv, rv)
-            return
-        self._apply(resource, type_, obj, rv)
-        raw.rv = max(raw.rv, rv)
+        self._handlers[resource.plural](type_, object_key(obj), obj, rv)
+        store.rv = max(store.rv, rv)
 
     def bookmark(self, resource: Resource, rv: int) -> None:
-        raw = self._raw[resource.plural]
-        raw.rv = max(raw.rv, rv)
-        if self.ready:
-            self.views[resource.plural].advance(rv)
+        store = self._stores[resource.plural]
+        store.rv = max(store.rv, rv)
+        self._publisher.advance(resource, rv)
+
+    def start_over(self) -> None:
+        """The upstream's resourceVersions went back: load everything again from the next lists.
+
+        Called by the informers, which make every reflector relist. Until each resource has
+        listed again the views keep serving the last state and the cache is not ready; then
+        every view switches to the new timeline at once.
+        """
+        self._new_timeline = True
+        self.timeline_resets += 1
+        self.generation += 1
+        self._start_load()
+
+    def clear(self) -> None:
+        """Forget everything, the views' contents included: back to a new cache's state.
+
+        For a load that failed part-way (``cache.snapshot.restore``), before any client has read
+        the cache; a cache that serves clients starts over instead.
+        """
+        self._forget()
+        self._publisher.clear()
+        self._start_load()
+
+    def node_labels_changed(self, name: str, labels: Mapping[str, str] | None, rv: int) -> None:
+        """What the cache knows of one Node's labels (None: the Node is gone). The one entry for
+        node labels, whatever their source (today the Nodes' handler); re-filters what the
+        filters say the change can affect, at ``rv``."""
+        old = self._node_labels.get(name)
+        new = None if labels is None else dict(labels)
+        if new is None:
+            self._node_labels.pop(name, None)
+        else:
+            self._node_labels[name] = new
+        if old == new or self._publisher.loading:
+            return
+        self._refilter(self._planner.after_node_change(NodeChange(name, old, new, name == self.local_node)), rv)
 
     # ---- queries -----------------------------------------------------------------------
 
     def upstream_rv(self, resource: Resource) -> int:
-        return self._raw[resource.plural].rv
+        return self._stores[resource.plural].rv
+
+    @property
+    def ready(self) -> bool:
+        """Whether every resource has been listed and the views serve the result (not while a
+        load, the first sync or a new upstream timeline, is under way)."""
+        return not self._publisher.loading
 
     @property
     def resyncing(self) -> bool:
@@ -220,368 +187,208 @@ class ClusterCache:
         return self._new_timeline
 
     @property
+    def node_labels(self) -> Mapping[str, Mapping[str, str]]:
+        """Every known Node's labels, by name."""
+        return self._node_labels
+
+    @property
     def local_node_known(self) -> bool:
         """Whether --hostname names a Node of the cache (False until the first sync)."""
-        return self.ready_event.is_set() and self.local_node in self.node_labels
+        return self.ready_event.is_set() and self.local_node in self._node_labels
+
+    @property
+    def synthetic_events(self) -> int:
+        return self._publisher.synthetic_events
+
+    def filtered_endpoints(self) -> tuple[int, int]:
+        """Endpoints of the Services whose slices some filter acts on: (kept, dropped) now."""
+        counts = self._outputs.endpoint_counts.values()
+        return sum(k for k, _ in counts), sum(d for _, d in counts)
 
     def raw_items(self, resource: Resource) -> list[bytes]:
         """The JSON of every upstream object of ``resource`` (after the first sync)."""
-        return [stored.raw for stored in self._raw[resource.plural].objects.values()]
+        return self._stores[resource.plural].raw_items()
 
-    def context(self) -> TopologyContext:
-        # One context for the cache's life: it reads node_labels live, and building one per
-        # refiltered Service showed in storm profiles.
-        return self._context
+    def explain(self, service: str | None = None) -> dict[str, Any]:
+        """What the local node sees for each Service some filter is involved in, and why."""
+        keys = [service] if service is not None else sorted(self._services.objects)
+        return {
+            "localNode": self.local_node,
+            "localNodeKnown": self.local_node in self._node_labels,
+            "localLabels": self._node_labels.get(self.local_node, {}),
+            "services": [record for key in keys for record in self._outputs.explain(key)],
+        }
 
-    def slices_of(self, svc_key: str, fresh: JSONDict | None = None) -> list[EndpointSlice]:
-        """The upstream slices of one Service, decoded (``fresh``: one just received, not yet stored)."""
-        raw = self._raw[ENDPOINTSLICES.plural].objects
-        fresh_key = object_key(fresh) if fresh is not None else None
-        out: list[EndpointSlice] = []
-        for k in sorted(self._slices_by_service.get(svc_key, ())):
-            out.append(fresh if k == fresh_key else raw[k].obj())  # type: ignore[arg-type]
-        return out
+    # ---- lists -------------------------------------------------------------------------
 
-    # ---- internals ---------------------------------------------------------------------
+    def _load_list(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
+        """While loading: each listed object is handled as ``items`` yields it, so a reflector
+        that decodes its pages one at a time never has the whole list decoded; what the list
+        lacks is deleted after."""
+        store, handle = self._stores[resource.plural], self._handlers[resource.plural]
+        # No event is published while loading: there is no resourceVersion to publish at (0).
+        if not store.objects:  # the first list of a resource: nothing to replace or delete
+            for obj in items:
+                handle("ADDED", object_key(obj), obj, 0)
+        else:
+            seen: set[str] = set()
+            for obj in items:
+                key = object_key(obj)
+                seen.add(key)
+                handle("MODIFIED" if key in store.objects else "ADDED", key, obj, 0)
+            for key in [k for k in store.objects if k not in seen]:
+                handle(DELETED, key, store.objects[key].obj(), 0)
+        store.rv = rv
+        store.listed = True
+        if all(s.listed for s in self._stores.values()):
+            self._finish_load()
 
-    def _load(self, resource: Resource, obj: JSONDict) -> None:
-        """Before the first sync: keep an object as bytes plus what ``_build`` will need."""
-        key = object_key(obj)
-        meta = obj.get("metadata") or {}
-        nodes: frozenset[str] = frozenset()
-        if resource is ENDPOINTSLICES:
-            nodes = _nodes_of_slice(obj)
-        elif resource is ENDPOINTS:
-            nodes = _nodes_of_endpoints(obj)
-        raw = self._raw[resource.plural]
-        raw.objects[key] = _Stored(_exact_json(obj), rv_of(obj),
-                                   _service_of_slice(obj) if resource is ENDPOINTSLICES else None)
-        raw.loaded[key] = _Loaded(selectable(resource, obj), nodes,
-                                  meta if resource is NODES or resource is SERVICES else {})
+    def _relist(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
+        """After the first sync: what changed since the store's state, as events.
 
-    def _build(self) -> None:
-        """A full sync: derive every view from the loaded state, with no events.
-
-        The first sync, or the rebuild after ``start_over``, which loads a new timeline into
-        the views.
+        Deletions go first, carrying the view's RV as it was (the list does not say when they
+        happened); then changed objects in their own resourceVersion order, carrying their real
+        RVs (a client may write them back). So the last event of the relist is the one that
+        advances the view, and a client that lists at the list's RV afterwards gets none again.
         """
+        store, handle = self._stores[resource.plural], self._handlers[resource.plural]
+        new = {object_key(o): o for o in items}
+        for key, stored in list(store.objects.items()):
+            if key not in new:
+                handle(DELETED, key, stored.obj(), self._publisher.rv(resource))
+        changed: list[tuple[int, str, str, JSONDict]] = []
+        for key, obj in new.items():
+            prev = store.get(key)
+            if prev is None:
+                changed.append((rv_of(obj), "ADDED", key, obj))
+            elif prev.rv != rv_of(obj):
+                changed.append((rv_of(obj), "MODIFIED", key, obj))
+        changed.sort(key=lambda c: c[0])
+        for obj_rv, type_, key, obj in changed:
+            handle(type_, key, obj, min(obj_rv, rv))
+        store.rv = max(store.rv, rv)
+        self._publisher.advance(resource, rv)
+
+    def _start_load(self) -> None:
+        for store in self._stores.values():
+            store.listed = False
+        self._publisher.start_load()
+
+    def _finish_load(self) -> None:
+        """Every resource has listed: serve every filtered Service, then load the views at once."""
         new_timeline, self._new_timeline = self._new_timeline, False
-        if new_timeline:
-            self._clear_indexes()
-        loaded = {r.plural: self._raw[r.plural].loaded for r in ALL}
-        for name, info in loaded[NODES.plural].items():
-            self.node_labels[name] = dict(info.meta.get("labels") or {})
-        for key, info in loaded[SERVICES.plural].items():
-            self._index_service(key, {"metadata": info.meta})
-        for key, stored in self._raw[ENDPOINTSLICES.plural].objects.items():
-            if stored.owner:
-                self._slices_by_service.setdefault(stored.owner, set()).add(key)
-            self._track("s/" + key, stored.owner, loaded[ENDPOINTSLICES.plural][key].nodes)
-        for key, info in loaded[ENDPOINTS.plural].items():
-            self._track("e/" + key, key, info.nodes)
-        # Topology-aware Services' objects are served filtered (decoded again, one Service at a
-        # time); everything else is served as it came, sharing the stored bytes.
-        filtered: dict[str, dict[str, JSONDict]] = {r.plural: {} for r in ALL}
-        for svc_key, keys in self.service_keys.items():
-            if isinstance(keys, TopologyKeys):
-                filtered[ENDPOINTSLICES.plural].update(self._filtered_slices(svc_key))
-                stored_ep = self._raw[ENDPOINTS.plural].objects.get(svc_key)
-                if stored_ep is not None:
-                    filtered[ENDPOINTS.plural][svc_key] = self._filtered_endpoints(svc_key, stored_ep.obj())
-        for r in ALL:
-            raw = self._raw[r.plural]
-            view = self.views[r.plural]
-            entries: dict[str, Entry] = {}
-            for key, stored in raw.objects.items():
-                out = filtered[r.plural].get(key)
-                entries[key] = view.entry(out) if out is not None else Entry(
-                    stored.raw, stored.rv, raw.loaded[key].fields)
-            view.load(entries, raw.rv, new_timeline=new_timeline)
-            raw.loaded = {}
-        self.ready = True
+        self._outputs.endpoint_counts.clear()
+        self._serve_again(self._planner.after_load(), 0)
+        self._publisher.finish_load({plural: s.rv for plural, s in self._stores.items()}, new_timeline=new_timeline)
         self.ready_event.set()
         log.info(
             "cache %s: %d nodes, %d services, %d endpointslices, %d endpoints",
             "resynced on the apiserver's new resourceVersions (open watches get 410 and relist)"
             if new_timeline else "synced",
-            *(len(self._raw[r.plural].objects) for r in (NODES, SERVICES, ENDPOINTSLICES, ENDPOINTS)),
+            *(len(s.objects) for s in (self._nodes, self._services, self._slices, self._endpoints)),
         )
 
-    def _clear_indexes(self) -> None:
-        """Forget everything derived from the objects, before a rebuild derives it again."""
-        self.node_labels.clear()  # cleared in place: the topology context reads this dict
-        self.service_keys.clear()
-        self._slices_by_service.clear()
-        self._services_by_label.clear()
-        self._node_refs.clear()
-        self._services_on_node.clear()
-        self.topology_counts.clear()
+    # ---- per-resource handlers -----------------------------------------------------------
 
-    def _store(self, resource: Resource, key: str, obj: JSONDict, *, served_as_is: bool) -> None:
-        """Keep an upstream object as bytes, sharing the served entry's bytes when they are equal.
-
-        They are when the view serves the object unchanged and stamped with its own RV, as it
-        does for every object of a Service without topology keys.
-        """
-        rv = rv_of(obj)
-        entry = self.views[resource.plural].objects.get(key) if served_as_is else None
-        if entry is not None and entry.rv == rv and obj["metadata"].get("resourceVersion") == str(rv):
-            raw = entry.raw
-        else:
-            raw = _exact_json(obj)
-        owner = _service_of_slice(obj) if resource is ENDPOINTSLICES else None
-        self._raw[resource.plural].objects[key] = _Stored(raw, rv, owner)
-
-    def _apply(self, resource: Resource, type_: str, obj: JSONDict, rv: int) -> None:
-        raw = self._raw[resource.plural].objects
-        key = object_key(obj)
-        old = raw.get(key)
-        deleted = type_ == "DELETED"
-        if deleted:
-            if old is None:
-                return
-            del raw[key]
-        view = self.views[resource.plural]
-        if resource is NODES or resource is SERVICES:
-            view.publish([(type_, obj)], rv)
-            if not deleted:
-                self._store(resource, key, obj, served_as_is=True)
-            if resource is NODES:
-                self._node_changed(key, None if deleted else obj, rv)
-            else:
-                self._service_changed(key, None if deleted else obj, rv)
-        elif resource is ENDPOINTSLICES:
-            self._slice_changed(key, type_, old, obj, rv)
-        else:
-            self._track("e/" + key, key, frozenset() if deleted else _nodes_of_endpoints(obj))
-            out = obj if deleted else self._filtered_endpoints(key, obj)
-            view.publish([(type_, out)], rv)
-            if not deleted:
-                self._store(resource, key, obj, served_as_is=out is obj)
-
-    def _slice_changed(self, key: str, type_: str, old: _Stored | None, obj: JSONDict, rv: int) -> None:
-        deleted = type_ == "DELETED"
-        old_svc = old.owner if old else None
-        new_svc = None if deleted else _service_of_slice(obj)
-        if old_svc and old_svc != new_svc:
-            group = self._slices_by_service.get(old_svc)
-            if group:
-                group.discard(key)
-                if not group:
-                    del self._slices_by_service[old_svc]
-        if new_svc:
-            self._slices_by_service.setdefault(new_svc, set()).add(key)
-        self._track("s/" + key, new_svc, frozenset() if deleted else _nodes_of_slice(obj))
-        view = self.views[ENDPOINTSLICES.plural]
-        outputs: dict[str, JSONDict] = {}
-        for svc in {old_svc, new_svc} - {None}:
-            assert svc is not None
-            if isinstance(self.service_keys.get(svc), TopologyKeys):
-                outputs.update(self._filtered_slices(svc, None if deleted else obj))
-            else:
-                # Unfiltered siblings are served as they are and cannot have changed; this
-                # skips decoding and comparing every sibling on each event of a plain Service.
-                self.topology_counts.pop(svc, None)
-        # One batch: the re-filtered siblings, then the slice's own event, which goes last so
-        # that it is the one carrying (and advancing the view to) the upstream RV.
-        siblings = self._changed(view, outputs, skip=key)
-        self.synthetic_events += len(siblings)
-        out = obj if deleted else outputs.get(key, obj)
-        view.publish([*siblings, (type_, out)], rv)
-        if not deleted:
-            self._store(ENDPOINTSLICES, key, obj, served_as_is=out is obj)
-
-    def _node_changed(self, name: str, node: JSONDict | None, rv: int) -> None:
-        old = self.node_labels.get(name)
-        new = None if node is None else dict(node["metadata"].get("labels") or {})
-        if new is None:
-            self.node_labels.pop(name, None)
-        else:
-            self.node_labels[name] = new
-        if old == new:
+    def _on_node(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
+        old, new = self._keep(self._nodes, type_, key, obj, _no_facts)
+        if old is None and new is None:
             return
-        if old is None or new is None:
-            changed = set(old or new or ()) | {_NODE_PRESENCE}
-        else:
-            changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
-        affected: set[str] = set()
-        for label in changed:
-            affected |= self._services_by_label.get(label, set())
-        if name != self.local_node:
-            # A remote node only matters to Services with endpoints on it.
-            affected.intersection_update(self._services_on_node.get(name, ()))
-        elif old is not None and new is not None:
-            affected.intersection_update(self._services_near_local(changed, old, new))
-        if affected:
-            self._refilter(affected, rv)
+        self._emit(NODES, type_, key, obj, new, rv)
+        self.node_labels_changed(key, None if new is None else (obj["metadata"].get("labels") or {}), rv)
 
-    def _services_near_local(self, changed: set[str], old: dict[str, str], new: dict[str, str]) -> set[str]:
-        """Services that may see a change when the local node's ``changed`` labels move.
+    # While loading, nothing is served again with a change (``group`` stays empty) and nothing
+    # is re-filtered: the load's end serves every filtered Service once.
 
-        A key whose local value goes from A to B can only change the outcome of a Service
-        with an endpoint in domain A or B: for any other its win status stays "no match"
-        under both values, and nothing it keeps depends on A or B. The local node itself is
-        in both domains. (Node presence is not in ``changed`` here: old and new both exist.)
-        """
-        values = {label: {old.get(label), new.get(label)} - {None} for label in changed}
-        nodes = {self.local_node}
-        for node, labels in self.node_labels.items():
-            if any(labels.get(label) in vals for label, vals in values.items()):
-                nodes.add(node)
-        services: set[str] = set()
-        for node in nodes:
-            services.update(self._services_on_node.get(node, ()))
-        return services
+    def _on_service(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
+        old, new = self._keep(self._services, type_, key, obj, self._policies_of)
+        if old is None and new is None:
+            return
+        after = new.facts if new is not None else NO_POLICIES
+        live = not self._publisher.loading
+        self._emit(SERVICES, type_, key, obj, new, rv, (key,) if live and after.touches(SERVICES) else ())
+        if live:
+            before = old.facts if old is not None else NO_POLICIES
+            self._refilter(self._planner.after_service_change(key, before, after), rv)
 
-    def _track(self, ref: str, service: str | None, nodes: frozenset[str]) -> None:
-        """Record that ``ref`` (a slice or Endpoints) of ``service`` has endpoints on ``nodes``."""
-        old = self._node_refs.pop(ref, None)
-        if old is not None:
-            old_svc, old_nodes = old
-            for node in old_nodes:
-                counts = self._services_on_node[node]
-                counts[old_svc] -= 1
-                if not counts[old_svc]:
-                    del counts[old_svc]
-                    if not counts:
-                        del self._services_on_node[node]
-        if service and nodes:
-            self._node_refs[ref] = (service, nodes)
-            for node in nodes:
-                counts = self._services_on_node.setdefault(node, {})
-                counts[service] = counts.get(service, 0) + 1
+    def _on_slice(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
+        old, new = self._keep(self._slices, type_, key, obj, slice_refs)
+        if old is None and new is None:
+            return
+        group: list[str] = []
+        if not self._publisher.loading:
+            owners = {r.facts.service for r in (old, new) if r is not None and r.facts.service is not None}
+            # A Service no filter acts on serves its slices as stored: the siblings of this one
+            # cannot have changed, so they are neither decoded nor compared.
+            group = [s for s in sorted(owners) if self._outputs.policies(s).touches(ENDPOINTSLICES)]
+        self._emit(ENDPOINTSLICES, type_, key, obj, new, rv, group)
 
-    def _service_changed(self, key: str, svc: JSONDict | None, rv: int) -> None:
-        before = self.service_keys.get(key)
-        self._unindex_service(key)
-        if svc is not None:
-            self._index_service(key, svc)
-        after = self.service_keys.get(key)
-        if before != after:
-            self._refilter({key}, rv)
+    def _on_endpoints(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
+        old, new = self._keep(self._endpoints, type_, key, obj, endpoints_refs)
+        if old is None and new is None:
+            return
+        live = not self._publisher.loading
+        self._emit(ENDPOINTS, type_, key, obj, new, rv,
+                   (key,) if live and self._outputs.policies(key).touches(ENDPOINTS) else ())
 
-    def _index_service(self, key: str, svc: JSONDict) -> None:
-        keys = parse_topology_keys((svc.get("metadata") or {}).get("annotations"))
-        if isinstance(keys, MalformedKeys):
+    def _keep(self, store: Store[F], type_: str, key: str, obj: JSONDict,
+              facts: Callable[[str, JSONDict], F]) -> tuple[Stored[F] | None, Stored[F] | None]:
+        """Record an upstream change in ``store``: its (previous, new) records, new None when deleted."""
+        if type_ == DELETED:
+            return store.delete(key), None
+        new = Stored(exact_json(obj), rv_of(obj), facts(key, obj))
+        return store.put(key, new), new
+
+    def _policies_of(self, key: str, service: JSONDict) -> Policies:
+        policies = self._pipeline.policies_of(service)
+        for f, problem in policies.malformed:
             # Parsing happens once per Service version, so this logs once per version.
             log.warning(
-                "service %s (resourceVersion %s): ignoring malformed %s annotation %r: %s; "
-                "its endpoints pass unfiltered",
-                key, (svc.get("metadata") or {}).get("resourceVersion"), keys.source, keys.value[:200], keys.reason,
+                "service %s (resourceVersion %s): ignoring malformed %s annotation %r: %s; %s",
+                key, (service.get("metadata") or {}).get("resourceVersion"), problem.source, problem.value[:200],
+                problem.reason, f.if_malformed,
             )
-        self.service_keys[key] = keys
-        if isinstance(keys, TopologyKeys):
-            for label in self._labels_of(keys):
-                self._services_by_label.setdefault(label, set()).add(key)
+        return policies
 
-    def _unindex_service(self, key: str) -> None:
-        keys = self.service_keys.pop(key, None)
-        if isinstance(keys, TopologyKeys):
-            for label in self._labels_of(keys):
-                group = self._services_by_label.get(label)
-                if group:
-                    group.discard(key)
-                    if not group:
-                        del self._services_by_label[label]
+    def _emit(self, resource: Resource, type_: str, key: str, obj: JSONDict, new: Stored[Any] | None, rv: int,
+              group: Iterable[str] = ()) -> None:
+        """Publish one upstream change as one batch: the objects of ``group`` (Services) of the
+        same resource served again with it, then its own event, last."""
+        derived: Forms = _NO_FORMS
+        served: JSONDict | None = obj
+        if group:
+            derived = {}
+            fresh = (key, obj) if new is not None else None
+            for service in group:
+                derived.update(self._outputs.of(resource, service, fresh))
+            if new is not None:
+                served = derived.pop(key, obj)
+        own = (Own(type_, key, served, obj, new.raw, new.rv) if new is not None and served is obj
+               else Own(type_, key, served, obj))
+        self._publisher.publish(Batch(resource, rv, derived, own))
 
-    @staticmethod
-    def _labels_of(keys: TopologyKeys) -> Iterable[str]:
-        yield from keys.label_keys
-        # Any key that reads labels also depends on which nodes exist.
-        if keys.label_keys or keys.uses_hostname:
-            yield _NODE_PRESENCE
+    # ---- re-filtering ---------------------------------------------------------------------
 
-    def _refilter(self, services: set[str], rv: int) -> None:
+    def _refilter(self, plan: Plan, rv: int) -> None:
+        if not plan or self._publisher.loading:
+            return
         self.refilter_runs += 1
         started = time.perf_counter()
         try:
-            self._refilter_services(services, rv)
+            self._serve_again(plan, rv)
         finally:
             self.refilter_seconds += time.perf_counter() - started
 
-    def _refilter_services(self, services: set[str], rv: int) -> None:
-        slices_view = self.views[ENDPOINTSLICES.plural]
-        outputs: dict[str, JSONDict] = {}
-        for svc in services:
-            outputs.update(self._filtered_slices(svc))
-        self._publish_changed(slices_view, outputs, rv)
-        eps_view = self.views[ENDPOINTS.plural]
-        raw_eps = self._raw[ENDPOINTS.plural].objects
-        ep_outputs = {svc: self._filtered_endpoints(svc, raw_eps[svc].obj()) for svc in services if svc in raw_eps}
-        self._publish_changed(eps_view, ep_outputs, rv)
+    def _serve_again(self, plan: Plan, rv: int) -> None:
+        """Serve the planned Services' objects again, one batch per resource, at ``rv``."""
+        for resource in (SERVICES, ENDPOINTSLICES, ENDPOINTS):
+            derived: Forms = {}
+            for service, resources in plan.items():
+                if resource in resources:
+                    derived.update(self._outputs.of(resource, service))
+            if derived:
+                self._publisher.publish(Batch(resource, rv, derived))
 
-    def _publish_changed(self, view: View, outputs: dict[str, JSONDict], rv: int) -> None:
-        changes = self._changed(view, outputs)
-        if changes:
-            self.synthetic_events += view.publish(changes, rv)
 
-    @staticmethod
-    def _changed(view: View, outputs: dict[str, JSONDict], skip: str | None = None) -> list[tuple[str, JSONDict]]:
-        """MODIFIED changes for the ``outputs`` that differ from what ``view`` serves."""
-        changes: list[tuple[str, JSONDict]] = []
-        for key in sorted(outputs):
-            if key == skip:
-                continue
-            served = view.objects.get(key)
-            # Unchanged apart from the RV (served objects carry their event's) means no event.
-            if served is None or served.raw != _exact_json(stamp(outputs[key], served.rv)):
-                changes.append(("MODIFIED", outputs[key]))
-        return changes
-
-    def _filtered_slices(self, svc_key: str, fresh: JSONDict | None = None) -> dict[str, JSONDict]:
-        """The served form of every slice of one Service (``fresh``: see ``slices_of``)."""
-        keys = self.service_keys.get(svc_key)
-        slices = self.slices_of(svc_key, fresh)
-        if not isinstance(keys, TopologyKeys):
-            self.topology_counts.pop(svc_key, None)
-            return {object_key(s): s for s in slices}  # type: ignore[misc]
-        decision = filter_endpoint_slices(self.context(), keys, slices, detail=False)
-        self.topology_counts[svc_key] = (decision.kept, decision.dropped)
-        return {object_key(s): s for s in decision.slices}  # type: ignore[misc]
-
-    def _filtered_endpoints(self, key: str, obj: JSONDict) -> JSONDict:
-        keys = self.service_keys.get(key)
-        if not isinstance(keys, TopologyKeys):
-            return obj
-        ep: Endpoints = obj  # type: ignore[assignment]
-        return filter_endpoints(self.context(), keys, ep, detail=False).endpoints  # type: ignore[return-value]
-
-    # ---- explanations (the debug page) --------------------------------------------------
-
-    def explain(self, service: str | None = None) -> dict[str, Any]:
-        """What the local node sees for each opted-in Service, and why, endpoint by endpoint."""
-        ctx = self.context()
-        report: list[dict[str, Any]] = []
-        for key in sorted(self.service_keys):
-            if service is not None and key != service:
-                continue
-            keys = self.service_keys[key]
-            if isinstance(keys, MalformedKeys):
-                report.append({"service": key, "annotation": keys.source, "value": keys.value,
-                               "malformed": keys.reason, "result": "passes unfiltered"})
-                continue
-            if keys is None:
-                continue
-            slices = self.slices_of(key)
-            decision = filter_endpoint_slices(ctx, keys, slices)
-            report.append({
-                "service": key,
-                "annotation": keys.source,
-                "keys": list(keys.keys) + (["*"] if keys.wildcard else []),
-                "families": [
-                    {"family": f.family, "winner": f.winner, "tier": f.tier, "candidates": f.candidates,
-                     "total": f.total, "kept": f.kept, "notes": list(f.notes)}
-                    for f in decision.families
-                ],
-                "endpoints": [
-                    {"slice": d.origin, "addresses": list(d.addresses), "nodeName": d.node_name,
-                     "family": d.family, "ready": d.ready, "kept": d.kept, "reason": d.reason}
-                    for d in decision.endpoints_detail
-                ],
-            })
-        return {
-            "localNode": self.local_node,
-            "localNodeKnown": self.local_node in self.node_labels,
-            "localLabels": self.node_labels.get(self.local_node, {}),
-            "services": report,
-        }
+def _no_facts(_key: str, _obj: JSONDict) -> None:
+    return None

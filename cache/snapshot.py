@@ -213,7 +213,7 @@ def restore(cache: ClusterCache, directory: Path, identity: Identity) -> bool:
     """Load a snapshot into a cache that has not synced yet and nothing has read yet.
 
     Never raises: False (and one log line) if there is no usable snapshot, and the cache is
-    then as empty as it was.
+    then as empty as it was (``ClusterCache.clear``: sound because nothing has read it yet).
     """
     path = directory / FILENAME
     try:
@@ -236,7 +236,7 @@ def restore(cache: ClusterCache, directory: Path, identity: Identity) -> bool:
         # Every item passed the checks the cache relies on, so this is a bug; still, a bug in
         # reading a file must not stop a wrapper that can sync from the apiserver.
         log.exception("cache snapshot %s ignored: loading it failed", path)
-        _forget(cache)
+        cache.clear()
         return False
     log.info("serving from cache snapshot %s taken %.0fs ago (%d objects) until the apiserver answers",
              path, max(time.time() - float(header.get("created", 0)), 0.0),
@@ -244,19 +244,10 @@ def restore(cache: ClusterCache, directory: Path, identity: Identity) -> bool:
     return cache.ready
 
 
-def _forget(cache: ClusterCache) -> None:
-    """Empty a cache whose load failed part-way, so none of its half-built state survives.
-
-    Sound because ``restore`` runs before anything else has read the cache (its views, its
-    ready event), which is its documented contract.
-    """
-    view = next(iter(cache.views.values()))
-    ClusterCache.__init__(cache, cache.local_node, history_events=view.max_events,
-                          history_bytes=view.budget.max_bytes)
-
-
 class Persister:
-    """Writes the cache to disk after changes, at most once per ``interval`` seconds."""
+    """Writes the cache to disk after changes, at most once per ``interval`` seconds.
+
+    Owns its writing task; started and stopped (with a last flush) by ``wrapper.compose``."""
 
     def __init__(self, cache: ClusterCache, directory: Path, identity: Identity, interval: float = 10.0) -> None:
         self.cache = cache

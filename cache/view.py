@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,9 +96,8 @@ class Expired(Exception):
 # that is about 10,000 events: far more than a resuming kube-proxy needs.
 DEFAULT_HISTORY_BYTES = 32 << 20
 _TRIM_EVERY = 512
-# Watchers are woken at most this often (seconds); see View.wake. Under a burst (the last
-# wake carried BURST_EVENTS or more) the interval stretches: at 2,000 events/s the per-write
-# cost of twenty watchers dominated, and that rate's latency budget (20 ms) has room.
+# Watchers are woken at most this often (seconds), longer after a wake that carried
+# BURST_EVENTS or more; see View.wake (figures: bench/, event latency at 2,000 events/s).
 DEFAULT_WAKE_INTERVAL = 0.003
 BURST_WAKE_INTERVAL = 0.008
 BURST_EVENTS = 4
@@ -129,6 +128,12 @@ def selectable(resource: Resource, obj: JSONDict) -> JSONDict:
     return out
 
 
+def exact_json(obj: JSONDict) -> bytes:
+    """``obj`` as JSON bytes of exactly its length: orjson's result keeps its spare buffer
+    capacity (about 3.5 times the JSON for typical objects), and the cache keeps these bytes."""
+    return memoryview(orjson.dumps(obj)).tobytes()
+
+
 def stamp(obj: JSONDict, rv: int) -> JSONDict:
     """A shallow copy of ``obj`` whose metadata.resourceVersion is ``rv``."""
     meta = dict(obj.get("metadata") or {})
@@ -139,11 +144,12 @@ def stamp(obj: JSONDict, rv: int) -> JSONDict:
 
 
 class View:
-    """One resource's served objects and their bounded event history.
+    """One resource's served objects, as JSON bytes, and their bounded event history.
 
-    Owns the served entries, the history and the wake-ups of waiting watchers. The cache
-    (``cache/cluster.py``) writes it (``load``, ``publish``, ``advance``); the HTTP front reads it
-    only through ``cache.reader.ViewReader``, which this class implements.
+    Owns the served entries, the history and the wake-ups of waiting watchers. Written only
+    through ``cache.publisher.Publisher`` (``publish``, ``load``, ``advance``, ``clear``) for
+    ``cache.cluster.ClusterCache``; the HTTP front reads it only through ``cache.reader.ViewReader``,
+    which this class implements.
     """
 
     def __init__(
@@ -183,10 +189,7 @@ class View:
     # ---- serialization -------------------------------------------------------------
 
     def entry(self, obj: JSONDict, fields: JSONDict | None = None) -> Entry:
-        # orjson's buffer keeps its spare capacity (about 3.5 times the JSON for typical
-        # objects); an exact copy costs well under a microsecond and the cache keeps these bytes.
-        raw = memoryview(orjson.dumps(obj)).tobytes()
-        return Entry(raw, rv_of(obj), fields if fields is not None else selectable(self.resource, obj))
+        return Entry(exact_json(obj), rv_of(obj), fields if fields is not None else selectable(self.resource, obj))
 
     def typed(self, raw: bytes) -> bytes:
         """Item bytes with kind and apiVersion added, as single GETs and watch events need."""
@@ -243,13 +246,15 @@ class View:
         self.synced = True
         self.wake()
 
-    def publish(self, changes: Sequence[tuple[str, JSONDict]], rv: int) -> int:
+    def publish(self, changes: Sequence[tuple[str, JSONDict]], rv: int, *,
+                encoded: Mapping[str, bytes] | None = None) -> int:
         """Record one batch of ``(type, obj)`` changes that together bring the view to ``rv``.
 
         Every event but the last is stamped with the view's RV as it was; the last is stamped
         ``rv`` and advances the view to it (an ``rv`` older than the view's is raised to it, and
-        then no event advances). Callers put the upstream object's own event last. Returns the
-        number of events recorded.
+        then no event advances). Callers put the upstream object's own event last. ``encoded``:
+        the JSON of objects the caller already holds, by key, reused (not copied) where the
+        stamp leaves the object as it is. Returns the number of events recorded.
         """
         current = self.rv
         target = max(rv, current)
@@ -267,7 +272,11 @@ class View:
                 del self.objects[key]
                 self._sorted_keys = None
             else:
-                entry = self.entry(stamp(obj, ev_rv))
+                raw = encoded.get(key) if encoded else None
+                if raw is not None and obj["metadata"].get("resourceVersion") == str(ev_rv):
+                    entry = Entry(raw, ev_rv, selectable(self.resource, obj))
+                else:
+                    entry = self.entry(stamp(obj, ev_rv))
                 if old is None:
                     type_ = "ADDED"
                     self._sorted_keys = None
@@ -299,6 +308,22 @@ class View:
         if rv > self.rv:
             self._set_rv(rv)
             self.wake()
+
+    def clear(self) -> None:
+        """Back to a new view's state: no objects, no history, not synced, RV 0. For a cache
+        that forgets a load that failed part-way, before any client has read it."""
+        self.objects = {}
+        self._sorted_keys = None
+        self.resets += 1
+        self.rv = 0
+        self.synced = False
+        self._expired_below = 0
+        self.old_max = 0
+        self._issued.clear()
+        self._events.clear()
+        self._start = 0
+        self.budget.used -= self.history_bytes
+        self.history_bytes = 0
 
     # ---- reads (cache.reader.ViewReader: the HTTP front calls these) ------------------
 
@@ -358,9 +383,8 @@ class View:
     async def wait(self, cursor: int, timeout: float) -> None:
         """Wait until an event at or after ``cursor`` exists, or ``timeout`` passes.
 
-        A bare future and a timer per wait: every watcher waits once per event batch, and
-        ``asyncio.wait_for`` (a task per call on Python 3.11) cost more than the event itself
-        with twenty watchers at 2,000 events/s.
+        A bare future and a timer, not ``asyncio.wait_for`` (a task per call on Python 3.11):
+        every watcher waits once per batch (figures: bench/, event latency, 20 watchers).
         """
         if cursor < self._next_seq:
             return
@@ -428,13 +452,9 @@ class View:
 
     def wake(self) -> None:
         """Wake the waiting watchers: at once, unless they were woken less than
-        ``wake_interval`` ago; then once when it has passed, for every event since.
-
-        At 2,000 events/s each upstream event arrives on its own, and waking twenty watchers
-        per event costs twenty task steps and socket writes per event, more CPU than the
-        events themselves. Coalescing bounds that to one wake per interval whatever the rate,
-        for at most ``wake_interval`` of added latency (``burst_wake_interval`` while the
-        previous wake carried a burst), and none when events are sparse.
+        ``wake_interval`` ago (``burst_wake_interval`` after a burst); then once when it has
+        passed, for every event since. One wake per interval whatever the rate, at most an
+        interval of added latency, none when events are sparse (figures: bench/, event latency).
         """
         if self._wake_handle is not None:
             return  # a wake is already due; it will cover this event too

@@ -1,25 +1,6 @@
-"""Pure topology logic: which endpoints a node should see. No I/O, no asyncio."""
+"""Pure filter logic: what the local node's clients are served. No I/O, no asyncio, no logging.
 
-from filters.keys import MalformedKeys, TopologyKeys, parse_topology_keys
-from filters.topology import (
-    EndpointDecision,
-    EndpointsDecision,
-    FamilyDecision,
-    SliceDecision,
-    TopologyContext,
-    filter_endpoint_slices,
-    filter_endpoints,
-)
-
-__all__ = [
-    "EndpointDecision",
-    "EndpointsDecision",
-    "FamilyDecision",
-    "MalformedKeys",
-    "SliceDecision",
-    "TopologyContext",
-    "TopologyKeys",
-    "filter_endpoint_slices",
-    "filter_endpoints",
-    "parse_topology_keys",
-]
+``api``: the contract every filter implements, and the data it trades with the cache;
+``pipeline``: the registered filters and the only calls the cache makes;
+``topology`` and ``keys``: the topology filter (its rules, and its annotations).
+"""

@@ -26,6 +26,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from filters.api import Malformed
+
 SUPEREDGE_ANNOTATION = "topologyKeys"
 OPENYURT_ANNOTATION = "openyurt.io/topologyKeys"
 
@@ -74,12 +76,8 @@ class TopologyKeys:
 
 
 @dataclass(frozen=True)
-class MalformedKeys:
-    """An annotation that is present but unusable; ``reason`` says why, for a log line."""
-
-    source: str
-    value: str
-    reason: str
+class MalformedKeys(Malformed):
+    """A topology annotation that is present but unusable; ``reason`` says why, for a log line."""
 
 
 def label_key_error(key: str) -> str | None:

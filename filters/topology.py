@@ -34,6 +34,9 @@ The records:
   earlier keys lost.
 * ``endpoints_detail``: one ``EndpointDecision`` per input endpoint (per slice endpoint, or
   per core Endpoints address) in input order, saying whether it was kept and why.
+
+``TOPOLOGY`` plugs these rules into the filter pipeline (``filters.api``): what a decision reads
+about Nodes, and which Services a Node change can affect, are stated there, next to the rules.
 """
 
 from __future__ import annotations
@@ -44,22 +47,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from filters.keys import HOSTNAME_KEY, WILDCARD, TopologyKeys
-from kubeapi.types import EndpointAddress, Endpoints, EndpointSlice, EndpointSubset
+from filters.api import Filter, Malformed, NodeChange, NodeIndex, Reads, ServedSlices, readers
+from filters.api import TopologyContext as TopologyContext  # re-exported: callers build the context here
+from filters.keys import HOSTNAME_KEY, WILDCARD, TopologyKeys, parse_topology_keys
+from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES
+from kubeapi.types import EndpointAddress, Endpoints, EndpointSlice, EndpointSubset, JSONDict
 
 Tier = Literal["ready", "serving-terminating", "all"]
 
 # Family label for core Endpoints addresses whose ip does not parse, and for slices without
 # an addressType: they are still filtered, just grouped apart from real IP families.
 UNKNOWN_FAMILY = "unknown"
-
-
-@dataclass(frozen=True)
-class TopologyContext:
-    """What the filter knows about the cluster: the local node and every cached node's labels."""
-
-    local_node: str
-    nodes: Mapping[str, Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -386,3 +384,81 @@ def _node_value(ctx: TopologyContext, key: str, node_name: str | None) -> str | 
         # kube-proxy identifies "local" by nodeName, not by the hostname label.
         return node_name
     return labels.get(key)
+
+
+class TopologyFilter(Filter[TopologyKeys]):
+    """The topology filter as the pipeline sees it: the rules above, what they read, what they explain."""
+
+    name = "topology"
+    acts_on = frozenset({ENDPOINTSLICES, ENDPOINTS})
+    if_malformed = "its endpoints pass unfiltered"
+
+    def parse(self, service: JSONDict) -> TopologyKeys | Malformed | None:
+        return parse_topology_keys((service.get("metadata") or {}).get("annotations"))
+
+    def reads(self, policy: TopologyKeys) -> Reads:
+        # Every key compares the local node's value with endpoint nodes' (the hostname key
+        # compares names, not a label), and a node that appears or goes changes what any key
+        # matches. A lone "*" reads nothing.
+        return Reads(label_keys=policy.label_keys, node_presence=bool(policy.keys))
+
+    def affected(self, change: NodeChange, index: NodeIndex) -> set[str]:
+        services = readers(change, index)
+        if not services:
+            return services
+        if not change.local:
+            # A remote node is only ever read as an endpoint's node: only Services with an
+            # endpoint on it can see a change.
+            services.intersection_update(index.services_on_node(change.name))
+        elif not change.presence:
+            services.intersection_update(self._near_local(change, index))
+        return services
+
+    @staticmethod
+    def _near_local(change: NodeChange, index: NodeIndex) -> set[str]:
+        """Services that may see a change when the local node's labels move from A to B.
+
+        A key whose local value goes from A to B can only change the outcome of a Service with
+        an endpoint in domain A or B: for any other its win status stays "no match" under both
+        values, and nothing it keeps depends on A or B. The local node itself is in both domains.
+        """
+        old, new = change.old or {}, change.new or {}
+        nodes = {index.local_node}
+        for key in change.changed_labels:
+            values = {v for v in (old.get(key), new.get(key)) if v is not None}
+            nodes.update(index.nodes_with_label(key, values))
+        services: set[str] = set()
+        for node in nodes:
+            services.update(index.services_on_node(node))
+        return services
+
+    def serve_slices(self, policy: TopologyKeys, slices: Sequence[EndpointSlice],
+                     ctx: TopologyContext) -> ServedSlices:
+        decision = filter_endpoint_slices(ctx, policy, slices, detail=False)
+        return ServedSlices(decision.slices, decision.kept, decision.dropped)
+
+    def serve_endpoints(self, policy: TopologyKeys, endpoints: Endpoints, ctx: TopologyContext) -> Endpoints:
+        return filter_endpoints(ctx, policy, endpoints, detail=False).endpoints
+
+    def explain(self, service: str, policy: TopologyKeys, obj: JSONDict, slices: Sequence[EndpointSlice],
+                ctx: TopologyContext) -> JSONDict:
+        decision = filter_endpoint_slices(ctx, policy, slices)
+        return {
+            "service": service,
+            "filter": self.name,
+            "annotation": policy.source,
+            "keys": list(policy.keys) + (["*"] if policy.wildcard else []),
+            "families": [
+                {"family": f.family, "winner": f.winner, "tier": f.tier, "candidates": f.candidates,
+                 "total": f.total, "kept": f.kept, "notes": list(f.notes)}
+                for f in decision.families
+            ],
+            "endpoints": [
+                {"slice": d.origin, "addresses": list(d.addresses), "nodeName": d.node_name,
+                 "family": d.family, "ready": d.ready, "kept": d.kept, "reason": d.reason}
+                for d in decision.endpoints_detail
+            ],
+        }
+
+
+TOPOLOGY = TopologyFilter()

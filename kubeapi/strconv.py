@@ -17,6 +17,9 @@ _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 UINT64_MAX = (1 << 64) - 1
+# More significant digits than any 64-bit value has: out of range without converting them
+# (int() refuses over 4,300 digits, leading zeros included, with a ValueError of its own).
+_MAX_DIGITS = len(str(UINT64_MAX))
 # Longer inputs are cut in messages and logs: the apiserver echoes them whole, but a
 # client should not be able to make one error line arbitrarily long.
 QUOTE_LIMIT = 64
@@ -57,13 +60,11 @@ def parse_int(text: str) -> int:
     """``strconv.ParseInt(text, 10, 64)``: an optional sign, then ASCII digits."""
     if _SIGNED.fullmatch(text) is None:
         raise NumError("ParseInt", text, "invalid syntax")
-    # Leading zeros dropped first: int() refuses strings over 4,300 digits, whatever their value.
-    digits = text.lstrip("+-").lstrip("0")
-    if len(digits) > 19:
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > _MAX_DIGITS:
         raise NumError("ParseInt", text, "value out of range")
-    value = int(digits or "0", 10)  # safe: the pattern admits ASCII digits and one sign only
-    if text.startswith("-"):
-        value = -value
+    # safe: the pattern admits ASCII digits and one sign only
+    value = -int(digits, 10) if text.startswith("-") else int(digits, 10)
     if not INT64_MIN <= value <= INT64_MAX:
         raise NumError("ParseInt", text, "value out of range")
     return value
@@ -73,10 +74,10 @@ def parse_uint(text: str) -> int:
     """``strconv.ParseUint(text, 10, 64)``: ASCII digits only, no sign."""
     if _UNSIGNED.fullmatch(text) is None:
         raise NumError("ParseUint", text, "invalid syntax")
-    digits = text.lstrip("0")  # as in parse_int: int() refuses strings over 4,300 digits
-    if len(digits) > 20:
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _MAX_DIGITS:
         raise NumError("ParseUint", text, "value out of range")
-    value = int(digits or "0", 10)
+    value = int(digits, 10)
     if value > UINT64_MAX:
         raise NumError("ParseUint", text, "value out of range")
     return value

@@ -97,7 +97,7 @@ async def test_topology_page_explains_every_kept_and_dropped_endpoint(wrapper: R
     assert code == 200
     assert doc["localNode"] == "bj-1" and doc["localLabels"]["location"] == "beijing"
     [svc] = [s for s in doc["services"] if s["service"] == "default/servicegrid-demo-svc"]
-    assert svc["keys"] == ["location"]
+    assert svc["filter"] == "topology" and svc["keys"] == ["location"]
     assert svc["families"][0]["winner"] == "location"
     by_node = {e["nodeName"]: e for e in svc["endpoints"]}
     assert by_node["bj-3"]["kept"] and not by_node["gz-2"]["kept"]

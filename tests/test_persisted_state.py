@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from cache import snapshot
 from cache.cluster import ClusterCache
+from cache.publisher import Publisher
 from kubeapi.resources import ALL, BY_PLURAL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
 from kubeapi.validation import object_problem, valid_object
 from tests.support.faultkit import LOCAL_NODE, get_text, list_items, running_wrapper, wait_for
@@ -403,17 +404,21 @@ def test_a_loading_failure_the_validator_missed_is_logged_and_leaves_an_empty_ca
     """The last line of defence: a bug while loading a checked snapshot still never stops start-up."""
     (tmp_path / snapshot.FILENAME).write_bytes(snapshot_bytes(BASE))
     cache = ClusterCache(LOCAL_NODE)
+    finish_load = Publisher.finish_load
 
-    def broken_build(self: ClusterCache) -> None:
-        self.node_labels["phantom"] = {"location": "nowhere"}  # half-built state...
+    def broken_finish_load(self: Publisher, rvs: Mapping[str, int], *, new_timeline: bool) -> None:
+        finish_load(self, rvs, new_timeline=new_timeline)  # the views loaded, half-built state...
+        cache.node_labels_changed("phantom", {"location": "nowhere"}, BASE_RV)
         raise RuntimeError("a bug")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ClusterCache, "_build", broken_build)
+        patch.setattr(Publisher, "finish_load", broken_finish_load)
         caplog.set_level(logging.WARNING, logger="cache.snapshot")
         assert not snapshot.restore(cache, tmp_path, IDENTITY)
     [record] = caplog.records
     assert "ignored" in record.getMessage() and record.exc_info is not None
+    assert not cache.ready and cache.upstream_rv(NODES) == 0
+    assert all(not v.synced and not v.objects and v.rv == 0 for v in cache.views.values())
     # ...none of which survives: the first lists build what they build in a fresh cache.
     for r in ALL:
         cache.replace(r, copy.deepcopy(BASE[r.plural]), BASE_RV)

@@ -76,8 +76,9 @@ def collapsed_stacks(root: Frame | None) -> str:
 
 
 class Debug:
-    """The debug listener's pages. Reads the cache, the informers, the watch registry and the
-    metrics; owns only the profiler lock. Built by ``wrapper.compose`` when a debug address is set."""
+    """The debug listener's pages; built by ``wrapper.compose`` when a debug address is set. It reads
+    the cache (the topology page's explanations come from filters/, through ``ClusterCache.explain``),
+    the reflectors, the watch registry and the metrics; it owns only the profiler lock."""
 
     def __init__(
         self,

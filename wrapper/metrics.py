@@ -45,6 +45,8 @@ def request_labels(request: web.Request) -> tuple[str, str]:
 
 
 class _StateCollector(Collector):
+    """Reads the cache's, the reflectors' and the watches' counters at each scrape."""
+
     def __init__(self, cache: ClusterCache, informers: Informers | None, watches: WatchRegistry) -> None:
         self.cache = cache
         self.informers = informers
@@ -79,8 +81,7 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(f"{NS}_refilter_runs", "Topology re-filter runs", value=cache.refilter_runs)
         yield CounterMetricFamily(f"{NS}_refilter_seconds", "Time spent re-filtering",
                                   value=cache.refilter_seconds)
-        kept = sum(k for k, _ in cache.topology_counts.values())
-        dropped = sum(d for _, d in cache.topology_counts.values())
+        kept, dropped = cache.filtered_endpoints()
         topo = GaugeMetricFamily(f"{NS}_topology_endpoints", "Endpoints of opted-in Services, kept or dropped",
                                  labels=["decision"])
         topo.add_metric(["kept"], kept)
@@ -109,6 +110,10 @@ class _StateCollector(Collector):
 
 
 class Metrics:
+    """The wrapper's Prometheus registry: request counts and latencies (its middleware), and the
+    cache's and reflectors' own counters read at scrape time. Created by ``wrapper.compose``;
+    rendered by the /metrics page of ``wrapper.debug``."""
+
     def __init__(self, cache: ClusterCache, informers: Informers | None, watches: WatchRegistry) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(f"{NS}_requests", "Requests by verb, resource and code",

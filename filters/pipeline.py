@@ -1,0 +1,136 @@
+"""The registered filters, and the only functions of filters/ the cache calls.
+
+Adding a filter: a module under filters/ with a ``Filter`` subclass (see ``filters.api``), its
+tests, and one line in ``FILTERS``. Filters apply in that order; each sees what the previous
+ones served.
+
+A Service no filter parses a policy for gets ``NO_POLICIES``, and the cache then serves its
+objects as it stored them, without decoding them (its fast path).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from filters.api import NO_READS, Filter, Malformed, NodeChange, NodeIndex, Reads, ServedSlices, TopologyContext
+from filters.topology import TOPOLOGY
+from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, SERVICES, Resource
+from kubeapi.types import Endpoints, EndpointSlice, JSONDict
+
+FILTERS: tuple[Filter[Any], ...] = (
+    TOPOLOGY,
+)
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class Policies:
+    """What the filters make of one Service version; parsed once per version, kept by the cache.
+
+    ``applied``: (filter, policy) for each filter involved; ``malformed``: (filter, what was
+    wrong) for each filter whose annotation is unusable (that filter then leaves the Service
+    alone); ``reads`` and ``acts_on``: the union over ``applied``.
+    """
+
+    applied: tuple[tuple[Filter[Any], Any], ...] = ()
+    malformed: tuple[tuple[Filter[Any], Malformed], ...] = ()
+    reads: Reads = NO_READS
+    acts_on: frozenset[Resource] = frozenset()
+
+    def touches(self, resource: Resource) -> bool:
+        """Whether some filter may serve this Service's objects of ``resource`` otherwise than stored."""
+        return bool(self.acts_on) and resource in self.acts_on
+
+
+NO_POLICIES = Policies()
+
+
+class Pipeline:
+    """The filters in order, behind the few calls the cache makes (``cache.cluster`` and its parts)."""
+
+    def __init__(self, filters: Sequence[Filter[Any]] = FILTERS) -> None:
+        self.filters = tuple(filters)
+        # Equal policies are one object, however many Services carry them (most share a few).
+        self._interned: weakref.WeakValueDictionary[Any, Policies] = weakref.WeakValueDictionary()
+
+    def policies_of(self, service: JSONDict) -> Policies:
+        """What the filters make of ``service``: parsed once per Service version by the cache."""
+        applied: list[tuple[Filter[Any], Any]] = []
+        malformed: list[tuple[Filter[Any], Malformed]] = []
+        for f in self.filters:
+            policy = f.parse(service)
+            if policy is None:
+                continue
+            if isinstance(policy, Malformed):
+                malformed.append((f, policy))
+            else:
+                applied.append((f, policy))
+        if not applied and not malformed:
+            return NO_POLICIES
+        key = (tuple(applied), tuple(malformed))
+        interned = self._interned.get(key)
+        if interned is None:
+            reads, acts_on = NO_READS, frozenset[Resource]()
+            for f, policy in applied:
+                reads |= f.reads(policy)
+                acts_on |= f.acts_on
+            interned = self._interned[key] = Policies(key[0], key[1], reads, acts_on)
+        return interned
+
+    def affected_by_node_change(self, change: NodeChange, index: NodeIndex) -> set[str]:
+        """The Services whose served objects ``change`` can alter, by every filter's account."""
+        out: set[str] = set()
+        for f in self.filters:
+            out |= f.affected(change, index)
+        return out
+
+    def serve_service(self, policies: Policies, service: JSONDict, ctx: TopologyContext) -> JSONDict | None:
+        return _chain(policies, SERVICES, service, lambda f, policy, obj: f.serve_service(policy, obj, ctx))
+
+    def serve_slices(self, policies: Policies, slices: Sequence[EndpointSlice], ctx: TopologyContext) -> ServedSlices:
+        """Kept counts what the last filter kept; dropped, what every filter dropped."""
+        served: Sequence[EndpointSlice | None] = slices
+        kept, dropped = -1, 0
+        for f, policy in policies.applied:
+            if ENDPOINTSLICES not in f.acts_on:
+                continue
+            visible = [s for s in served if s is not None]
+            result = f.serve_slices(policy, visible, ctx)
+            if len(visible) == len(served):
+                served = result.slices
+            else:  # earlier filters hid some: put this one's answers back in their places
+                answers = iter(result.slices)
+                served = [None if s is None else next(answers) for s in served]
+            kept, dropped = result.kept, dropped + result.dropped
+        if kept < 0:  # no filter acts on slices
+            kept = sum(len(s.get("endpoints") or ()) for s in slices)
+        return ServedSlices(served, kept, dropped)
+
+    def serve_endpoints(self, policies: Policies, endpoints: Endpoints, ctx: TopologyContext) -> Endpoints | None:
+        return _chain(policies, ENDPOINTS, endpoints, lambda f, policy, obj: f.serve_endpoints(policy, obj, ctx))
+
+    def explain(self, key: str, policies: Policies, service: JSONDict, slices: Sequence[EndpointSlice],
+                ctx: TopologyContext) -> list[JSONDict]:
+        """The /debug/topology records of one Service: one per filter involved, malformed ones included."""
+        out = [f.explain_malformed(key, problem) for f, problem in policies.malformed]
+        out += [f.explain(key, policy, service, slices, ctx) for f, policy in policies.applied]
+        return out
+
+
+PIPELINE = Pipeline()
+
+T = TypeVar("T")
+
+
+def _chain(policies: Policies, resource: Resource, obj: T,
+           serve: Callable[[Filter[Any], Any, T], T | None]) -> T | None:
+    """``obj`` served by each filter acting on ``resource`` in turn; None once one hides it."""
+    for f, policy in policies.applied:
+        if resource in f.acts_on:
+            served = serve(f, policy, obj)
+            if served is None:
+                return None
+            obj = served
+    return obj
