@@ -9,8 +9,8 @@ The format, written by the publisher and read by the wrappers' bucket feed:
 
 - ConfigMaps in one namespace, labelled ``BUCKET_LABELS``, named ``node-topology-<g>-<k>`` for
   bucket ``k`` in ``[0, B)`` of generation ``g``; a node's bucket is ``bucket_of(name, B)`` (a stable
-  hash), and ``B`` grows in powers of two so that no bucket holds more than ``NODES_PER_BUCKET`` nodes (no object grows without
-  bound; a ConfigMap holds at most 1 MiB).
+  hash), and ``B`` grows in powers of two so that no bucket holds more than ``NODES_PER_BUCKET``
+  nodes (no object grows without bound; a ConfigMap holds at most 1 MiB).
 - ``data``: node name -> a JSON object of that node's labels among the tracked keys (``{}`` for a
   node that has none of them: its presence matters too).
 - annotations: ``ANNOTATION_BUCKETS`` (``B``), ``ANNOTATION_KEYS`` (a JSON list of the tracked label
