@@ -40,6 +40,7 @@ def _group(name: str, version: str = "v1") -> JSONDict:
 
 
 CORE_V1 = _resource_list("v1", [
+    _res("configmaps", "configmap", "ConfigMap", True, ("cm",)),
     _res("endpoints", "endpoints", "Endpoints", True, ("ep",)),
     _res("events", "event", "Event", True, ("ev",)),
     _res("namespaces", "namespace", "Namespace", False, ("ns",), ["get", "list"]),

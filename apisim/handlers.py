@@ -20,7 +20,7 @@ from apisim.watch import TableMode, WatchControl, WatchRequest, run_watch
 from kubeapi import partial, status, tables
 from kubeapi.listoptions import parse_list_options
 from kubeapi.negotiation import PARTIAL, PARTIAL_LIST, Target, negotiate
-from kubeapi.resources import Resource, ResourcePath, match_path
+from kubeapi.resources import ALL, CONFIGMAPS, Resource, ResourcePath, match_path
 from kubeapi.status import StatusError
 from kubeapi.types import JSONDict
 
@@ -29,6 +29,8 @@ _EVENTS = re.compile(r"^/(?:api/v1|apis/events\.k8s\.io/v1)/namespaces/(?P<ns>[^
 _NAMESPACES = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
 _HEALTH = ("/healthz", "/readyz", "/livez")
 _BUILTIN_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
+# The resources the handlers serve (apisim.server.SERVED, kept here without importing the server).
+_SERVED: dict[str, Resource] = {r.plural: r for r in (*ALL, CONFIGMAPS)}
 
 
 def json_response(body: bytes, code: int = 200) -> web.Response:
@@ -106,7 +108,7 @@ class Handlers:
             if request.query.get("watch", "").lower() in ("1", "true", "t"):
                 raise status.method_not_allowed("WATCH", "namespaces")  # read-only, derived; never changes
             return self._namespaces(m.group("name"))
-        rp = match_path(path)
+        rp = match_path(path, _SERVED)
         if rp is None:
             raise _not_found_path()
         err = self.sim.faults.take()

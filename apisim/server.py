@@ -25,9 +25,12 @@ from apisim.registry import Registry, now_rfc3339
 from apisim.reviews import Reviews
 from apisim.store import Entry, SavedState, Store, wait_for_change
 from apisim.watch import WatchControl
-from kubeapi.resources import ALL, SERVICES, Resource
+from kubeapi.resources import ALL, CONFIGMAPS, SERVICES, Resource
 from kubeapi.selectors import parse_field_selector, parse_label_selector
 from kubeapi.types import JSONDict
+
+# What the simulator serves: the wrapper's cached resources, and ConfigMaps (node topology buckets).
+SERVED: tuple[Resource, ...] = (*ALL, CONFIGMAPS)
 
 SeedItems = Iterable[tuple[Resource, JSONDict]]
 Seed = SeedItems | Callable[[], SeedItems]
@@ -57,7 +60,7 @@ class Simulator:
                  too_large_wait: float = 3.0, default_watch_timeout: float = 1800.0,
                  paginate_rv0: bool = False, tls: ssl.SSLContext | None = None, authenticate: bool = False) -> None:
         self.store = Store(history_limit=history_limit)
-        for r in ALL:
+        for r in SERVED:
             self.store.of(r)
         self.registry = Registry(self.store)
         self.faults = Faults()

@@ -59,6 +59,10 @@ ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointS
 ALL: tuple[Resource, ...] = (NODES, SERVICES, ENDPOINTS, ENDPOINTSLICES)
 BY_PLURAL: dict[str, Resource] = {r.plural: r for r in ALL}
 
+# Not cached or served by the wrapper: the node topology buckets (kubeapi.node_topology) are
+# ConfigMaps, which the wrapper watches in one namespace and the simulator serves.
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True, short_names=("cm",))
+
 
 @dataclass(frozen=True, slots=True)
 class ResourcePath:
@@ -76,14 +80,15 @@ _PATH = re.compile(
 )
 
 
-def match_path(path: str) -> ResourcePath | None:
-    """Parse ``path`` if it names one of ``ALL`` (collection, object or subresource)."""
+def match_path(path: str, resources: Mapping[str, Resource] = BY_PLURAL) -> ResourcePath | None:
+    """Parse ``path`` if it names one of ``resources`` (by plural; default ``ALL``): a
+    collection, an object or a subresource."""
     m = _PATH.match(path)
     if m is None:
         return None
     group = m.group("g") or ""
     version = m.group("cv") or m.group("gv")
-    res = BY_PLURAL.get(m.group("plural"))
+    res = resources.get(m.group("plural"))
     if res is None or res.group != group or res.version != version:
         return None
     ns = m.group("ns")
