@@ -16,7 +16,7 @@ from apisim.patch import PATCH_TYPES
 from apisim.registry import Registry, copy_json, now_rfc3339
 from apisim.reviews import Reviews
 from apisim.store import Entry, Store, with_type
-from apisim.watch import TableMode, WatchControl, WatchRequest, run_watch
+from apisim.watch import TableMode, WatchControl, WatchRequest, error_line, run_watch
 from kubeapi import partial, status, tables
 from kubeapi.listoptions import parse_list_options
 from kubeapi.negotiation import PARTIAL, PARTIAL_LIST, Target, negotiate
@@ -63,6 +63,7 @@ class SimState(Protocol):
     started_at: str
     default_watch_timeout: float
     paginate_rv0: bool
+    watch_list: str
     store: Store
     registry: Registry
     faults: Faults
@@ -70,6 +71,8 @@ class SimState(Protocol):
     watch_ctl: WatchControl
 
     async def wait_rv(self, rv: int) -> bool: ...
+
+    def record_request(self, request: web.Request, plural: str, verb: str) -> None: ...
 
     def record_event(self, obj: JSONDict) -> None: ...
 
@@ -130,6 +133,7 @@ class Handlers:
             query = request.query
             if query.get("watch", "").lower() in ("1", "true", "t"):
                 return await self._list_or_watch(request, rp, target)
+            self.sim.record_request(request, res.plural, "get")
             return self._object(request, res, reg.get(res, rp.namespace, rp.name), target)
         if method == "POST":
             if rp.name is not None or rp.subresource is not None or (res.namespaced and not rp.namespace):
@@ -187,6 +191,12 @@ class Handlers:
         if target.table:
             include = tables.check_include_object(query.get("includeObject", ""))
             table = TableMode(target.api_version, include)
+        streaming = bool(opts.watch and opts.send_initial_events)
+        self.sim.record_request(request, res.plural, "watchlist" if streaming else "watch" if opts.watch else "list")
+        if streaming and self.sim.watch_list == "off":
+            # Validation, as with the WatchList feature gate off (apimachinery ValidateListOptions).
+            raise status.invalid("ListOptions", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for "
+                                 "watch unless the WatchList feature gate is enabled", "sendInitialEvents")
         if opts.watch:
             if target.kind == PARTIAL_LIST:
                 # The apiserver fails to encode the first event as a list and ends the stream.
@@ -195,6 +205,8 @@ class Handlers:
             timeout = float(opts.timeout_seconds or self.sim.default_watch_timeout * (1 + random.random()))
             wreq = WatchRequest(res, flt, opts.resource_version, opts.send_initial_events, opts.allow_bookmarks,
                                 timeout, table, target.api_version if target.kind == PARTIAL else "")
+            if streaming and self.sim.watch_list == "error":
+                return await self._failed_watch(request)
             return await self._watch(request, wreq)
         page = await self._list(res, flt, opts.resource_version, opts.resource_version_match, opts.limit, token)
         if table is not None:
@@ -247,6 +259,18 @@ class Handlers:
             pass  # the client went away (or close_watches dropped it)
         finally:
             sim.watch_ctl.requests.pop(id(request), None)
+        return resp
+
+    async def _failed_watch(self, request: web.Request) -> web.StreamResponse:
+        """A watch accepted, then ended by an ERROR event: the apiserver's cacher answers a
+        streaming list so when its etcd cannot do progress notifications (an error watcher,
+        since "client-go is going to fall back to a standard LIST on any error")."""
+        resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
+        await resp.prepare(request)
+        # The error watcher's Status for a plain error: the message as it is, 500 InternalError.
+        err = StatusError(status.failure(500, "a watch stream was requested by the client but the required storage "
+                                         "feature RequestWatchProgress is disabled", "InternalError"))
+        await resp.write(error_line(err))
         return resp
 
     # -- events and namespaces -------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from apisim import errors
-from apisim.authn import Authenticator, Seen
+from apisim.authn import Authenticator, Seen, UserInfo
 from apisim.faults import Faults
 from apisim.handlers import Handlers, status_response
 from apisim.listing import Filter
@@ -35,6 +36,7 @@ SERVED: tuple[Resource, ...] = (*ALL, CONFIGMAPS)
 SeedItems = Iterable[tuple[Resource, JSONDict]]
 Seed = SeedItems | Callable[[], SeedItems]
 _EVENTS_KEPT = 1000
+USER = web.RequestKey("apisim.user", UserInfo)
 
 
 def _copy(entry: Entry) -> JSONDict:
@@ -54,11 +56,21 @@ class Simulator:
     certificate it verifies authenticates the request.
     ``authenticate``: refuse bearer tokens missing from ``reviews.tokens`` with 401, as the
     apiserver refuses invalid tokens. Who every request ran as is kept in ``seen`` either way.
+    ``watch_list``: what a streaming list (a watch with ``sendInitialEvents=true``) gets: "on"
+        serves it (initial ADDED events, then the ``k8s.io/initial-events-end`` bookmark); "off"
+        is a 422 Invalid, as from an apiserver whose WatchList feature gate is off; "error"
+        accepts the watch (200) and ends it with an ERROR event (500 InternalError), as an
+        apiserver whose etcd lacks progress notifications does. A plain attribute: tests may flip it.
+
+    ``requests`` counts the reads of resources per (user name, plural, verb), the verb one of
+    "list", "watch", "watchlist" (a streaming list) and "get", for tests and benchmarks that
+    count what clients cost the apiserver.
     """
 
     def __init__(self, seed: Seed | None = None, *, history_limit: int = 10_000, bookmark_interval: float = 60.0,
                  too_large_wait: float = 3.0, default_watch_timeout: float = 1800.0,
-                 paginate_rv0: bool = False, tls: ssl.SSLContext | None = None, authenticate: bool = False) -> None:
+                 paginate_rv0: bool = False, tls: ssl.SSLContext | None = None, authenticate: bool = False,
+                 watch_list: str = "on") -> None:
         self.store = Store(history_limit=history_limit)
         for r in SERVED:
             self.store.of(r)
@@ -71,6 +83,8 @@ class Simulator:
         self.too_large_wait = too_large_wait
         self.default_watch_timeout = default_watch_timeout
         self.paginate_rv0 = paginate_rv0
+        self.watch_list = watch_list
+        self.requests: Counter[tuple[str, str, str]] = Counter()
         self.host = "127.0.0.1"
         self.port = 0
         self.started_at = now_rfc3339()
@@ -94,6 +108,7 @@ class Simulator:
         self.authn.record(request, user)
         if user is None:
             return status_response(errors.unauthorized())
+        request[USER] = user
         return await handler(request)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -116,6 +131,15 @@ class Simulator:
         if runner is not None:
             await asyncio.sleep(0)
             await runner.cleanup()
+
+    async def restart(self) -> None:
+        """Stop and start again on the same address, as an apiserver restarts: every open watch
+        is dropped, and its new watch cache holds no history, so a watch resuming from an older
+        resourceVersion gets 410 Expired (the objects and the resourceVersion stay, as in etcd)."""
+        host, port = self.host, self.port
+        await self.stop()
+        self.store.compact()
+        await self.start(host, port)
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -238,6 +262,14 @@ class Simulator:
                 return False
             await wait_for_change(self.store.changed, remaining)
         return True
+
+    def record_request(self, request: web.Request, plural: str, verb: str) -> None:
+        user = request.get(USER)
+        self.requests[(user.name if user is not None else "", plural, verb)] += 1
+
+    def reads(self, plural: str, verb: str, user: str | None = None) -> int:
+        """How many ``verb`` reads of ``plural`` (by ``user``, or by anyone) were received."""
+        return sum(n for (u, p, v), n in self.requests.items() if p == plural and v == verb and user in (None, u))
 
     def record_event(self, obj: JSONDict) -> None:
         self.events_received += 1
