@@ -192,13 +192,14 @@ async def run_watch(resp: web.StreamResponse, store: Store, ctl: WatchControl, r
 
     next_bookmark = loop.time() + ctl.bookmark_interval
     while not ctl.stopping:
+        if ctl.paused:
+            # Half-open simulation: the connection stays up and nothing is sent, not even bookmarks
+            # or the end of the stream at its timeout.
+            await asyncio.wait({ctl.notifier.future()})
+            continue
         now = loop.time()
         if now >= deadline:
             return
-        if ctl.paused:
-            # Half-open simulation: the connection stays up, nothing is sent, not even bookmarks.
-            await asyncio.wait({ctl.notifier.future()}, timeout=deadline - now)
-            continue
         try:
             events = rs.events_after(cursor)
         except HistoryExpired as exc:

@@ -33,6 +33,7 @@ import enum
 import gzip
 import logging
 import os
+import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterable, Mapping
@@ -57,6 +58,48 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 _TRANSPORT = (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError, TimeoutError, OSError)
 # Headers of the caller that never travel with the wrapper's identity (lending filters them too).
 _NOT_LENT = ("Authorization", "Cookie", "Proxy-Authorization")
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """TCP keepalive on every upstream socket: how a dead connection is found without dropping
+    healthy quiet ones (a watch of a resource nobody writes gets no bookmark for minutes). After
+    ``idle`` seconds without traffic the kernel probes every ``interval`` seconds and gives up
+    after ``count`` unanswered probes (about a minute); unacknowledged data also fails the
+    connection after that long (TCP_USER_TIMEOUT), instead of after ~15 minutes of retransmits."""
+
+    idle: int = 30
+    interval: int = 10
+    count: int = 3
+
+    @property
+    def user_timeout_ms(self) -> int:
+        return (self.idle + self.interval * self.count) * 1000
+
+
+KEEPALIVE = KeepAlive()
+
+
+def set_keepalive(sock: socket.socket, keepalive: KeepAlive = KEEPALIVE) -> None:
+    """Turn TCP keepalive on for ``sock`` with ``keepalive``'s timings (those the OS offers)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", keepalive.idle), ("TCP_KEEPINTVL", keepalive.interval),
+                        ("TCP_KEEPCNT", keepalive.count), ("TCP_USER_TIMEOUT", keepalive.user_timeout_ms)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """The sockets the client's connections use (aiohttp's ``socket_factory``): keepalive on."""
+    family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    try:
+        set_keepalive(sock)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class ConfigError(Exception):
@@ -214,7 +257,8 @@ class ApiClient:
         """An ``async with`` that opens the request and yields the response, its body unread.
 
         ``path`` is already URL-encoded and sent byte for byte; ``params`` are encoded here.
-        ``read_timeout``: the most seconds without a byte (None: no limit, for quiet watches).
+        ``read_timeout``: the most seconds without a byte (None: no limit, for quiet watches);
+        ``total_timeout``: the most seconds for the whole exchange (None: no limit).
         ``check=False`` (pass-through only) yields non-2xx answers too.
         """
         url = self.base_url + path
@@ -324,7 +368,7 @@ def _server_trust(ca_file: str | None, verify: bool) -> ssl.SSLContext:
 
 def _new_session(ctx: ssl.SSLContext | None) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx if ctx else False, limit=200),
+        connector=aiohttp.TCPConnector(ssl=ctx if ctx else False, limit=200, socket_factory=keepalive_socket),
         # Watch lines of big objects exceed aiohttp's default line limit.
         read_bufsize=2**21,
         # Never route node-local traffic through an HTTP(S)_PROXY, nor read .netrc, from the environment.

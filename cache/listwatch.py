@@ -1,35 +1,55 @@
-"""The reflector's decisions for one resource, with no I/O: list, then watch, and what to do when.
+"""The reflector's decisions for one resource, with no I/O: sync, then watch, and what to do when.
 
 ``ListWatch`` is a state machine in httpcore's sans-I/O style, with client-go's reflector.go as the
 behavioural model. It never touches a socket, a task or the wall clock: ``cache.reflector.Reflector``
 asks it for the next action, performs it with the apiserver client, and feeds back what happened.
 Owned by one ``Reflector``; the informers reach it only through that reflector.
 
-Inputs (methods the loop calls):
+Phases (``Phase``): a sync round is a streaming list (``STREAM``) or a list (``LIST``); then the
+machine watches (``WATCH``) until something only a new sync can repair.
 
-- ``list_page(body)``: one page of a list answer (bytes);
-- ``watch_opened()``, ``event(ev)`` for each decoded watch event, ``watch_ended()`` at the stream's
-  normal end; ``undecodable(exc)`` for a line that is not JSON;
-- ``failed(exc)``: an ``ApiError`` (410 or too-large resourceVersion: relist; others, 429 with its
-  Retry-After included: back off and retry), a ``TransportError`` (unreachable, or ``ReadTimeout``:
-  back off and retry), an ``UnreadableStream`` (relist), anything else (relist);
-- ``forget_rv()``: another resource saw the resourceVersions go back.
+- ``STREAM``: a watch with ``sendInitialEvents=true&resourceVersionMatch=NotOlderThan&
+  allowWatchBookmarks=true`` (KEP-3157, client-go's ``watchList``). Its ADDED events fill a
+  temporary store (kept as bytes) until the bookmark annotated ``k8s.io/initial-events-end``;
+  then the sink gets the whole state at the bookmark's RV and the same stream goes on as the
+  watch. It asks for the last RV seen ("not older than": served from the watch cache), none
+  on the first sync or once that RV was rejected (a consistent stream).
+- Fallback, as client-go's ``ListAndWatch``: the streaming list is refused by an HTTP error
+  (422 from an apiserver with the WatchList gate off, any 4xx but 410/429), or accepted and
+  then ended by an ERROR event that is not 410/429/too-large (an apiserver whose etcd lacks
+  progress notifications sends a 500); the round then goes on as a ``LIST``. Two deviations,
+  both bounded: a stream that ends before its bookmark falls back too (client-go would retry
+  it forever, k/k #140890), and a refusal is remembered for ``stream_retry_after`` seconds,
+  so the relists in between cost one request each (client-go tries the stream again first).
+- ``LIST``: ``resourceVersion=0`` on the first sync (the watch cache, which ignores ``limit``;
+  a server that pages anyway is followed page by page), the last RV seen on a relist ("not
+  older than", no limit: the watch cache again), and a consistent list (no resourceVersion,
+  ``limit``, paged) once that RV was rejected (410, too large) or the RVs went back.
+- ``WATCH``: from the last RV, with a jittered server-side ``timeoutSeconds``. A normal end, a
+  lost connection, a 429 or an apiserver error resume the watch from the last RV after a
+  back-off: only a rejected RV (410, too large), an untrusted event or an unreadable stream
+  start a new sync round. So an apiserver restart costs each resource one sync, at most.
 
-Outputs:
+Every new round after the first waits a random part of ``relist_jitter`` first (so a fleet
+does not relist in lockstep), and so does the first one when ``jitter_first_sync`` is set
+(a wrapper restored from a snapshot already serves; one without must sync at once).
 
-- calls on the ``Sink`` (``replace``, ``apply``, ``bookmark``) and ``on_regression(had, got)`` when a
-  list comes back below an RV already seen (the timeline went back);
-- ``next_action()``: ``Sleep(seconds)`` (a back-off), ``ListPage(params)`` or ``Watch(params)``;
-- ``state`` (``UpstreamState``) for readiness, metrics and debug pages, and ``rv``.
+Inputs (methods the loop calls): ``list_page(body)``; ``watch_opened()``, ``event(ev, line)``
+for each decoded watch event (``line``: its bytes, kept instead of the object while streaming),
+``watch_ended()`` at the stream's normal end, ``undecodable(exc)`` for a line that is not JSON;
+``failed(exc)`` for an ``ApiError``, a ``TransportError`` (``ReadTimeout``, ``UnreadableStream``)
+or anything else; ``forget_rv()``: another resource saw the resourceVersions go back.
+
+Outputs: calls on the ``Sink`` (``replace``, ``apply``, ``bookmark``) and ``on_regression(had,
+got)`` when a sync comes back below an RV already seen (the timeline went back);
+``next_action()``: ``Sleep(seconds)``, ``ListPage(params)`` or ``Watch(params, deadline)``;
+``state`` (``UpstreamState``) for readiness, metrics and debug pages, and ``rv``.
+
+What one reflector asks for is its ``Selection``: label and field selectors, and whether it
+wants metadata only (``PartialObjectMetadata``, whose events are taken for the resource's own).
 
 Time and chance are injected (``clock``: monotonic seconds; ``rng``: ``uniform``/``randint``), so
 the decisions are table-tested without a server (tests/test_listwatch.py).
-
-Room to grow: an upstream streaming list (a watch with ``sendInitialEvents=true`` that ends its
-initial burst with the ``k8s.io/initial-events-end`` bookmark, falling back to a list as client-go
-does) is one more ``Phase`` whose ``next_action`` is a ``Watch`` and whose events fill a fresh
-store until that bookmark, then ``replace``; a metadata-only watch is an option that sets the
-actions' ``accept`` and the kind events must carry. Neither is implemented yet.
 """
 
 from __future__ import annotations
@@ -45,21 +65,28 @@ from typing import Protocol
 import orjson
 
 from cache.apierrors import ApiError, TransportError, UnreadableStream
-from kubeapi.resources import Resource
+from kubeapi.negotiation import PARTIAL
+from kubeapi.resources import Resource, object_key
 from kubeapi.rv import InvalidResourceVersion, parse_rv
 from kubeapi.types import JSONDict
-from kubeapi.validation import object_problem, valid_object
+from kubeapi.validation import object_problem
 
 # The reflector's story is one logger, whichever module tells it (operators filter on it).
 log = logging.getLogger("cache.reflector")
 
 JSON = "application/json"
+# Metadata only, as client-go's metadata informers ask: the object form for watches, the list
+# form for lists, each with plain JSON after it for a server that cannot (its objects are taken too).
+PARTIAL_WATCH = f"{JSON};as=PartialObjectMetadata;g=meta.k8s.io;v=v1, {JSON}"
+PARTIAL_LIST = f"{JSON};as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, {JSON}"
+PARTIAL_API_VERSIONS = ("meta.k8s.io/v1", "meta.k8s.io/v1beta1")
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 # A watch that ends this soon with no event is not a healthy one (client-go's VeryShortWatchError).
 VERY_SHORT_WATCH = 1.0
 
 
 class Sink(Protocol):
-    """Where a resource's upstream state goes (``cache.cluster.ClusterCache``)."""
+    """Where a resource's upstream state goes (``cache.cluster.ClusterCache``, or a feed of it)."""
 
     def replace(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None: ...
     def apply(self, resource: Resource, type_: str, obj: JSONDict) -> None: ...
@@ -81,13 +108,43 @@ RegressionHandler = Callable[[int, int], None]
 @dataclass
 class ReflectorSettings:
     page_size: int = 500
-    # No byte for this long means the connection is dead; the apiserver bookmarks every ~60 s.
+    # No byte for this long while reading a list means the connection is dead.
     read_timeout: float = 90.0
-    # A watch asks the apiserver to end it after a random time in this range (seconds, inclusive).
+    # A watch asks the apiserver to end it after a random time in this range (seconds, inclusive);
+    # it is given that long plus the margin before the client gives up on it. Quiet watches are
+    # not dropped in between: dead connections are found by TCP keepalive (cache.apiclient).
     watch_timeout_min: int = 300
     watch_timeout_max: int = 600
+    watch_deadline_margin: float = 30.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # Sync with streaming lists where the apiserver serves them (False: lists only).
+    streaming: bool = True
+    # After the apiserver refused a streaming list, sync with lists for this long.
+    stream_retry_after: float = 600.0
+    # Every sync round after the first waits a random time below this (seconds) first.
+    relist_jitter: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What one reflector asks for: selectors (query strings, as sent) and whether it wants
+    metadata only (``PartialObjectMetadata``)."""
+
+    label_selector: str = ""
+    field_selector: str = ""
+    metadata_only: bool = False
+
+    def params(self) -> dict[str, str]:
+        out = {}
+        if self.label_selector:
+            out["labelSelector"] = self.label_selector
+        if self.field_selector:
+            out["fieldSelector"] = self.field_selector
+        return out
+
+
+EVERYTHING = Selection()
 
 
 @dataclass
@@ -99,11 +156,15 @@ class UpstreamState:
     disconnected_since: float = field(default_factory=time.monotonic)
     synced_once: bool = False
     last_error: str = ""
-    lists: int = 0
+    lists: int = 0  # completed syncs: lists and streaming lists
     relists: int = 0
+    streamed: int = 0  # of the syncs, those done with a streaming list
     reconnects: int = 0
     events: int = 0
     last_event_at: float = 0.0  # monotonic time of the last applied event
+    # How the last sync was done ("stream" or "list"), and why streaming was last refused.
+    sync_mode: str = ""
+    stream_refused: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,22 +184,28 @@ class ListPage:
 
 @dataclass(frozen=True, slots=True)
 class Watch:
-    """Open a watch of the collection with these query parameters; feed it to ``watch_opened``/``event``."""
+    """Open a watch of the collection with these query parameters; feed it to ``watch_opened``/``event``.
+
+    ``deadline``: seconds after which the client abandons the stream (the server should have
+    ended it at its ``timeoutSeconds`` long before); None: no limit.
+    """
 
     params: dict[str, str]
     accept: str = JSON
+    deadline: float | None = None
 
 
 Action = Sleep | ListPage | Watch
 
 
 class Phase(enum.Enum):
-    LIST = "list"  # a consistent list, page by page
+    STREAM = "stream"  # a streaming list: initial events up to the initial-events-end bookmark
+    LIST = "list"  # a list, page by page when the server pages
     WATCH = "watch"  # watching from ``rv``
 
 
 class ListWatch:
-    """The list-then-watch decisions for one resource; see the module docstring for its inputs and outputs."""
+    """The sync-then-watch decisions for one resource; see the module docstring for its inputs and outputs."""
 
     def __init__(
         self,
@@ -146,22 +213,29 @@ class ListWatch:
         sink: Sink,
         settings: ReflectorSettings | None = None,
         *,
+        selection: Selection = EVERYTHING,
         on_regression: RegressionHandler | None = None,
+        jitter_first_sync: bool = False,
         clock: Clock = time.monotonic,
         rng: Random = random,
     ) -> None:
         self.resource = resource
         self.sink = sink
         self.settings = settings or ReflectorSettings()
+        self.selection = selection
         self.on_regression = on_regression
         self._clock = clock
         self._rng = rng
-        self._name = resource.plural
-        self._kind = resource.kind
+        self._name = resource.plural + (f" ({selection.field_selector})" if selection.field_selector else "")
+        self._kinds = (resource.kind, PARTIAL) if selection.metadata_only else (resource.kind,)
+        self._selectors = selection.params()
         self.state = UpstreamState(disconnected_since=clock())
-        # The highest RV seen (or, before the first list, the one a snapshot was taken at).
+        # The highest RV seen (or, before the first sync, the one a snapshot was taken at).
         self.rv = 0
-        self.phase = Phase.LIST
+        # The apiserver rejected ``rv`` (410, too large) or the RVs went back: sync consistently.
+        self._rv_unavailable = False
+        # When the apiserver last refused a streaming list (clock seconds).
+        self._stream_refused_at: float | None = None
         self._pause: float | None = None
         self._backoff = self.settings.backoff_initial
         # The list in progress: its pages as bytes, the token for the next one, its RV, its item count.
@@ -169,9 +243,16 @@ class ListWatch:
         self._continue = ""
         self._list_rv = 0
         self._listed = 0
+        # The streaming list in progress: key -> the event's bytes, and whether it asked for an RV.
+        self._initial: dict[str, bytes] = {}
+        self._stream_asked_rv = False
         # The watch in progress: when it opened, and how many events it delivered.
         self._watch_opened_at = 0.0
         self._seen = 0
+        self.phase = Phase.LIST
+        self._begin_sync()
+        if jitter_first_sync:
+            self._jitter()
 
     # ---- outputs -----------------------------------------------------------------------------
 
@@ -182,16 +263,30 @@ class ListWatch:
             return Sleep(seconds)
         s = self.settings
         if self.phase is Phase.LIST:
-            if not self._continue:
-                self._start_list()
-                return ListPage({"limit": str(s.page_size)})
-            return ListPage({"limit": str(s.page_size), "continue": self._continue})
-        return Watch({
-            "watch": "1",
-            "allowWatchBookmarks": "true",
-            "resourceVersion": str(self.rv),
-            "timeoutSeconds": str(self._rng.randint(s.watch_timeout_min, s.watch_timeout_max)),
-        })
+            accept = PARTIAL_LIST if self.selection.metadata_only else JSON
+            if self._continue:
+                return ListPage({**self._selectors, "limit": str(s.page_size), "continue": self._continue}, accept)
+            self._start_list()
+            if self._rv_unavailable:
+                params = {"limit": str(s.page_size)}  # consistent: from etcd, so paged
+            elif not self.rv:
+                params = {"resourceVersion": "0", "limit": str(s.page_size)}  # the watch cache ignores limit
+            else:
+                params = {"resourceVersion": str(self.rv)}  # not older than: the watch cache, whole
+            return ListPage({**self._selectors, **params}, accept)
+        accept = PARTIAL_WATCH if self.selection.metadata_only else JSON
+        timeout = self._rng.randint(s.watch_timeout_min, s.watch_timeout_max)
+        params = {**self._selectors, "watch": "1", "allowWatchBookmarks": "true"}
+        if self.phase is Phase.STREAM:
+            self._stream_asked_rv = bool(self.rv) and not self._rv_unavailable
+            params["sendInitialEvents"] = "true"
+            params["resourceVersionMatch"] = "NotOlderThan"
+            if self._stream_asked_rv:
+                params["resourceVersion"] = str(self.rv)
+        else:
+            params["resourceVersion"] = str(self.rv)
+        params["timeoutSeconds"] = str(timeout)
+        return Watch(params, accept, timeout + s.watch_deadline_margin)
 
     # ---- inputs: listing ---------------------------------------------------------------------
 
@@ -205,7 +300,8 @@ class ListWatch:
         except orjson.JSONDecodeError as exc:
             self._lost(f"list: response is not JSON: {exc}")
             return
-        if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
+        # "items": null is an empty list (a PartialObjectMetadataList's, for one).
+        if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list | None):
             self._lost("list: response is not a list object")
             return
         meta = doc.get("metadata")
@@ -217,7 +313,7 @@ class ListWatch:
             return
         self._list_rv = self._list_rv or page_rv
         for item in doc.get("items") or []:
-            if valid_object(self.resource, item):
+            if self._problem(item) is None:
                 self._listed += 1
             else:
                 log.warning("upstream %s: skipping malformed list item", self._name)
@@ -228,7 +324,9 @@ class ListWatch:
             self._continue = str(token)
         else:
             self._continue = ""
-            self._listed_all()
+            pages, self._pages = self._pages, []
+            self._synced(list_items(pages, self.resource, self.selection.metadata_only), self._listed,
+                         self._list_rv, "list")
 
     def _start_list(self) -> None:
         self._pages = []
@@ -236,25 +334,28 @@ class ListWatch:
         self._list_rv = 0
         self._listed = 0
 
-    def _listed_all(self) -> None:
-        list_rv = self._list_rv
-        if list_rv < self.rv:
-            # A consistent list is never older than an RV the apiserver has already served: its
-            # RVs went back. Every resource has to start over (RVs are one counter).
-            log.warning("upstream %s: listed at resourceVersion %d, below the %d already seen: the "
-                        "apiserver's state went back (etcd restore or rebuilt cluster?)", self._name, list_rv, self.rv)
+    def _synced(self, items: Iterable[JSONDict], count: int, rv: int, how: str) -> None:
+        """A whole state at ``rv`` (a list, or a streaming list at its bookmark): to the sink, then watch."""
+        if rv < self.rv:
+            # A sync is never older than an RV the apiserver has already served: its RVs went back.
+            # Every resource has to start over (RVs are one counter).
+            log.warning("upstream %s: synced at resourceVersion %d, below the %d already seen: the "
+                        "apiserver's state went back (etcd restore or rebuilt cluster?)", self._name, rv, self.rv)
             if self.on_regression is not None:
-                self.on_regression(self.rv, list_rv)
-        pages, self._pages = self._pages, []
-        self.sink.replace(self.resource, list_items(pages, self.resource), list_rv)
-        self.rv = list_rv
+                self.on_regression(self.rv, rv)
+        self.sink.replace(self.resource, items, rv)
+        self.rv = rv
+        self._rv_unavailable = False
         st = self.state
         st.lists += 1
+        st.streamed += how == "stream"
+        st.sync_mode = how
+        how_said = "a streaming list" if how == "stream" else "a list"
         if st.synced_once:
             st.relists += 1
-            log.info("upstream %s: relisted %d objects at resourceVersion %d", self._name, self._listed, list_rv)
+            log.info("upstream %s: relisted %d objects at resourceVersion %d (%s)", self._name, count, rv, how_said)
         else:
-            log.info("upstream %s: listed %d objects at resourceVersion %d", self._name, self._listed, list_rv)
+            log.info("upstream %s: listed %d objects at resourceVersion %d (%s)", self._name, count, rv, how_said)
         st.synced_once = True
         st.connected = True
         st.last_error = ""
@@ -266,14 +367,19 @@ class ListWatch:
         """The watch asked for by the last ``Watch`` was answered 200; events follow."""
         st = self.state
         if not st.connected:
-            log.info("upstream %s: connected, watching from resourceVersion %d", self._name, self.rv)
+            log.info("upstream %s: connected, %s from resourceVersion %d", self._name,
+                     "streaming" if self.phase is Phase.STREAM else "watching", self.rv)
         st.connected = True
         st.last_error = ""
         self._watch_opened_at = self._clock()
         self._seen = 0
+        self._initial = {}
 
-    def event(self, ev: object) -> bool:
-        """One decoded watch event. False: stop reading this watch (``next_action`` says what next)."""
+    def event(self, ev: object, line: bytes = b"") -> bool:
+        """One decoded watch event (``line``: its bytes, if at hand). False: stop reading this
+        watch (``next_action`` says what next)."""
+        if self.phase is Phase.STREAM:
+            return self._initial_event(ev, line)
         # The hot path: one call per event, no allocation of its own.
         if not isinstance(ev, dict):
             return self._untrusted("watch event is not an object")
@@ -284,8 +390,8 @@ class ListWatch:
         if type_ == "ERROR":
             return self._watch_error(ApiError.from_status(obj))
         kind = obj.get("kind")
-        if kind is not None and kind != self._kind:
-            return self._untrusted(f"watch event of kind {kind!r}, expected {self._kind}")
+        if kind is not None and kind not in self._kinds:
+            return self._untrusted(f"watch event of kind {kind!r}, expected {self.resource.kind}")
         meta = obj.get("metadata")
         try:
             rv = parse_rv(meta.get("resourceVersion") if type(meta) is dict else None)
@@ -294,7 +400,7 @@ class ListWatch:
         if type_ == "BOOKMARK":
             self.sink.bookmark(self.resource, rv)
         elif type_ in ("ADDED", "MODIFIED", "DELETED"):
-            problem = object_problem(self.resource, obj)
+            problem = self._problem(obj)
             if problem is not None:
                 return self._untrusted(f"malformed watch event object: {problem}")
             obj.pop("kind", None)
@@ -310,12 +416,56 @@ class ListWatch:
         self._seen += 1
         return True
 
+    def _initial_event(self, ev: object, line: bytes) -> bool:
+        """An event of a streaming list before its initial-events-end bookmark."""
+        obj = ev.get("object") if isinstance(ev, dict) else None
+        if not isinstance(obj, dict):
+            return self._stream_broken("a watch event that is not an object")
+        assert isinstance(ev, dict)
+        type_ = ev.get("type")
+        self._seen += 1
+        if type_ == "ERROR":
+            self._stream_failed(ApiError.from_status(obj), "an ERROR event")
+            return False
+        if type_ == "BOOKMARK":
+            meta = obj.get("metadata")
+            try:
+                rv = parse_rv(meta.get("resourceVersion") if isinstance(meta, dict) else None)
+            except InvalidResourceVersion as exc:
+                return self._stream_broken(f"a bookmark with a bad resourceVersion: {exc}")
+            annotations = meta.get("annotations") if isinstance(meta, dict) else None
+            if isinstance(annotations, dict) and annotations.get(INITIAL_EVENTS_END) == "true":
+                initial, self._initial = self._initial, {}
+                self._synced(stream_items(initial), len(initial), rv, "stream")
+            return True
+        if type_ not in ("ADDED", "MODIFIED", "DELETED"):
+            return self._stream_broken(f"a watch event of unknown type {type_!r:.64}")
+        problem = self._problem(obj)
+        if problem is not None:
+            # As a malformed list item: skipped, the rest is taken.
+            log.warning("upstream %s: skipping malformed initial event (%s)", self._name, problem)
+            return True
+        key = object_key(obj)
+        if type_ == "DELETED":
+            self._initial.pop(key, None)
+        else:
+            self._initial[key] = line or orjson.dumps({"object": obj})
+        return True
+
     def undecodable(self, exc: Exception) -> None:
-        """A watch line that is not JSON: a torn stream, so resume from the last applied RV."""
+        """A watch line that is not JSON: a torn stream, so resume from the last applied RV (a
+        streaming list lists instead, this round)."""
+        if self.phase is Phase.STREAM:
+            self._stream_broken(f"an undecodable line ({exc})")
+            return
         self._lost(f"watch: undecodable event ({exc})")
 
     def watch_ended(self) -> None:
         """The watch's body ended normally (the server's timeoutSeconds, or it closed the stream)."""
+        if self.phase is Phase.STREAM:
+            self._refuse_streaming("the stream ended before its initial-events-end bookmark",
+                                   remember=True)
+            return
         if self._seen or self._clock() - self._watch_opened_at > VERY_SHORT_WATCH:
             self._backoff = self.settings.backoff_initial
         else:
@@ -324,7 +474,7 @@ class ListWatch:
 
     def _watch_error(self, err: ApiError) -> bool:
         if err.rejects_resource_version:
-            self._expired(f"watch ERROR {err.status.get('code')}: {err.summary}")
+            self._expired(f"watch ERROR {err.status.get('code')}: {err.summary}", err)
         else:
             self._lost(f"watch error: {err.message or repr(err.status)[:200]}", err.retry_after)
         return False
@@ -333,36 +483,89 @@ class ListWatch:
 
     def failed(self, exc: BaseException) -> None:
         """The last request failed, or its stream broke off."""
-        if isinstance(exc, ApiError):
+        if self.phase is Phase.STREAM and isinstance(exc, ApiError):
+            self._stream_failed(exc, f"HTTP {exc.code}")
+        elif isinstance(exc, ApiError):
             if exc.rejects_resource_version:
-                self._expired(f"HTTP {exc.code}: {exc.summary}")
+                self._expired(f"HTTP {exc.code}: {exc.summary}", exc)
             else:
                 self._lost(str(exc), exc.retry_after)
         elif isinstance(exc, UnreadableStream):
+            if self.phase is Phase.STREAM:
+                # Perhaps an object over the read buffer: a list has no lines to outgrow.
+                self._refuse_streaming(f"unreadable stream ({exc})", remember=False)
+                return
             # e.g. a watch line over the read buffer: the stream can't be trusted from here.
             log.warning("upstream %s: unreadable watch stream (%s); relisting", self._name, exc)
-            self.state.connected = False
-            self.state.disconnected_since = self._clock()
+            self._disconnected()
             self._relist()
         elif isinstance(exc, TransportError):
             self._lost(str(exc) or type(exc).__name__)
         else:
             # Never let one bad response end this resource's updates for good.
             log.error("upstream %s: unexpected error; relisting", self._name, exc_info=exc)
-            self.state.connected = False
+            self._disconnected()
             self._relist()
 
     def forget_rv(self) -> None:
-        """Relist next, and take whatever RV that list has: another resource saw the RVs go back."""
+        """Sync next, consistently, and take whatever RV that has: another resource saw the RVs go back."""
         self.rv = 0
-        self.phase = Phase.LIST
-        self._start_list()
+        self._rv_unavailable = True
+        self._begin_sync()
 
     # ---- decisions -----------------------------------------------------------------------------
 
-    def _expired(self, why: str) -> None:
-        """Our RV is not valid upstream (too old, or newer than the apiserver's): relist with none."""
+    def _begin_sync(self) -> None:
+        """A new sync round: a streaming list, unless off or refused not long ago; else a list."""
+        refused = self._stream_refused_at
+        stream = self.settings.streaming and (
+            refused is None or self._clock() - refused >= self.settings.stream_retry_after)
+        self.phase = Phase.STREAM if stream else Phase.LIST
+        self._start_list()
+        self._initial = {}
+
+    def _stream_failed(self, err: ApiError, how: str) -> None:
+        """A streaming list answered ``err`` (as an HTTP answer or an ERROR event)."""
+        if err.rejects_resource_version and self._stream_asked_rv:
+            # Like client-go: the RV asked for is unavailable; stream again without one.
+            log.info("upstream %s: resourceVersion %d not valid upstream (%s); streaming from the latest",
+                     self._name, self.rv, err.summary)
+            self._rv_unavailable = True
+            return
+        if err.code == 429 or err.status.get("code") == 429:
+            self._lost(f"streaming list: {err}", err.retry_after)
+            return
+        # Anything else: not served here. client-go falls back to a list at once. An HTTP 5xx
+        # may be passing (an apiserver starting), so only it is not remembered.
+        transient = how.startswith("HTTP 5")
+        self._refuse_streaming(f"{how} {err.status.get('code') or err.code}: {err.summary or err}",
+                               remember=not transient)
+
+    def _stream_broken(self, why: str) -> bool:
+        """A streaming list answered with something that is not a watch stream (a server that
+        does not know watches answers a list, say): list instead, this round."""
+        self._refuse_streaming(f"the stream sent {why}", remember=False)
+        return False
+
+    def _refuse_streaming(self, why: str, *, remember: bool) -> None:
+        """The apiserver does not serve this streaming list: list instead, now."""
+        st = self.state
+        if why != st.stream_refused:
+            log.warning("upstream %s: no streaming list (%s); falling back to a list%s", self._name, why,
+                        f" for {self.settings.stream_retry_after:g}s" if remember else "")
+        st.stream_refused = why
+        if remember:
+            self._stream_refused_at = self._clock()
+        self.phase = Phase.LIST
+        self._start_list()
+        self._initial = {}
+
+    def _expired(self, why: str, err: ApiError) -> None:
+        """Our RV is not valid upstream: sync again. After a 410 the next sync still asks "not
+        older than" it (client-go); an RV the apiserver has not reached is dropped."""
         log.info("upstream %s: resourceVersion %d not valid upstream (%s); relisting", self._name, self.rv, why)
+        if self.phase is not Phase.WATCH or err.too_large_resource_version:
+            self._rv_unavailable = True
         self._relist()
 
     def _untrusted(self, why: str) -> bool:
@@ -372,22 +575,33 @@ class ListWatch:
         return False
 
     def _relist(self) -> None:
-        self.phase = Phase.LIST
-        self._start_list()
+        self._begin_sync()
         self._pause_for(0)
+        self._jitter()
+
+    def _jitter(self) -> None:
+        """Spread a sync round over ``relist_jitter``: a fleet must not relist in lockstep."""
+        window = self.settings.relist_jitter
+        if window > 0:
+            self._pause = max(self._pause or 0.0, self._rng.uniform(0.0, window))
+
+    def _disconnected(self) -> None:
+        st = self.state
+        if st.connected:
+            st.disconnected_since = self._clock()
+        st.connected = False
 
     def _lost(self, msg: str, retry_after: float = 0.0) -> None:
         """No usable answer: back off (at least ``retry_after``) and retry where we were."""
         st = self.state
         if st.connected or msg != st.last_error:
             log.warning("upstream %s: connection lost or failed: %s", self._name, msg)
-        if st.connected:
-            st.disconnected_since = self._clock()
-        st.connected = False
+        self._disconnected()
         st.last_error = msg
         st.reconnects += 1
-        if self.phase is Phase.LIST:
-            self._start_list()  # a list starts over from its first page
+        if self.phase is not Phase.WATCH:
+            self._start_list()  # a list starts over from its first page, a stream from its start
+            self._initial = {}
         self._pause_for(retry_after)
 
     def _pause_for(self, at_least: float) -> None:
@@ -396,8 +610,18 @@ class ListWatch:
         self._pause = max(at_least, self._rng.uniform(b / 2, b))
         self._backoff = min(b * 2, self.settings.backoff_max)
 
+    def _problem(self, obj: object) -> str | None:
+        """Why ``obj`` (a list item or an event's object) is not one of ours; metadata-only
+        objects lose their PartialObjectMetadata kind here."""
+        if self.selection.metadata_only and isinstance(obj, dict) and obj.get("kind") == PARTIAL:
+            if obj.get("apiVersion") not in PARTIAL_API_VERSIONS:
+                return f"a PartialObjectMetadata of apiVersion {str(obj.get('apiVersion'))[:40]!r}"
+            del obj["kind"]
+            obj.pop("apiVersion", None)
+        return object_problem(self.resource, obj)
 
-def list_items(pages: list[bytes], resource: Resource) -> Iterator[JSONDict]:
+
+def list_items(pages: list[bytes], resource: Resource, metadata_only: bool = False) -> Iterator[JSONDict]:
     """The valid items of list pages already checked by ``list_page``, decoded a page at a time.
 
     ``pages`` is consumed as it goes, so every page not yet reached stays undecoded bytes.
@@ -405,8 +629,22 @@ def list_items(pages: list[bytes], resource: Resource) -> Iterator[JSONDict]:
     while pages:
         doc = orjson.loads(pages.pop(0))
         for item in doc.get("items") or []:
-            if valid_object(resource, item):
+            if metadata_only and isinstance(item, dict) and item.get("kind") == PARTIAL:
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
+            if object_problem(resource, item) is None:
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
                 yield item
         del doc
+
+
+def stream_items(initial: dict[str, bytes]) -> Iterator[JSONDict]:
+    """The objects of a streaming list's initial events (checked when they arrived), decoded one
+    at a time; ``initial`` is consumed as it goes."""
+    while initial:
+        _key, line = initial.popitem()
+        obj: JSONDict = orjson.loads(line)["object"]
+        obj.pop("kind", None)
+        obj.pop("apiVersion", None)
+        yield obj

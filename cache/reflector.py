@@ -5,8 +5,11 @@ is taken by the sans-I/O machine in ``cache.listwatch``; this loop only performs
 with the apiserver client and feeds the answers back:
 
 - ``ListPage``: ``client.request()``, the body to ``list_page``;
-- ``Watch``: ``client.stream()``, each line decoded to ``event`` (``undecodable`` if it is not
-  JSON), ``watch_ended`` at the end of the body;
+- ``Watch``: ``client.stream()``, each line decoded to ``event`` (with its bytes; ``undecodable``
+  if it is not JSON), ``watch_ended`` at the end of the body. No read timeout: a quiet watch is
+  healthy (the apiserver sends no bookmark for a resource nobody writes), so it runs until the
+  server ends it, or until its ``deadline`` (its own ``timeoutSeconds`` plus a margin); TCP
+  keepalive on the client's sockets finds a dead connection before that;
 - ``Sleep``: a back-off;
 - any error of a request or its stream: ``failed``.
 """
@@ -21,10 +24,12 @@ import orjson
 
 from cache.apiclient import ApiClient
 from cache.listwatch import (
+    EVERYTHING,
     Clock,
     ListPage,
     ListWatch,
     ReflectorSettings,
+    Selection,
     Sink,
     Sleep,
     UpstreamState,
@@ -32,7 +37,7 @@ from cache.listwatch import (
 )
 from kubeapi.resources import Resource
 
-__all__ = ["Reflector", "ReflectorSettings", "RegressionHandler", "Sink", "UpstreamState"]
+__all__ = ["Reflector", "ReflectorSettings", "RegressionHandler", "Selection", "Sink", "UpstreamState"]
 
 # Told (reflector, RV it had, lower RV a list returned) when the upstream's RVs went back.
 RegressionHandler = Callable[["Reflector", int, int], None]
@@ -54,13 +59,21 @@ class Reflector:
         settings: ReflectorSettings | None = None,
         on_regression: RegressionHandler | None = None,
         *,
+        selection: Selection = EVERYTHING,
+        namespace: str | None = None,
+        name: str = "",
+        jitter_first_sync: bool = False,
         clock: Clock = time.monotonic,
     ) -> None:
         self.client = client
         self.resource = resource
         self.settings = settings or ReflectorSettings()
+        self.selection = selection
+        # What it is called in metrics, logs and debug pages (the resource's plural by default).
+        self.name = name or resource.plural
+        self._path = resource.collection_path(namespace)
         self.machine = ListWatch(
-            resource, sink, self.settings, clock=clock,
+            resource, sink, self.settings, selection=selection, jitter_first_sync=jitter_first_sync, clock=clock,
             on_regression=None if on_regression is None else (lambda had, got: on_regression(self, had, got)),
         )
 
@@ -83,7 +96,7 @@ class Reflector:
 
     async def run(self) -> None:
         machine = self.machine
-        path = self.resource.collection_path()
+        path = self._path
         read_timeout = self.settings.read_timeout
         while True:
             action = machine.next_action()
@@ -104,7 +117,7 @@ class Reflector:
         event = machine.event
         loads = orjson.loads
         async with self.client.stream("GET", path, params=action.params, headers={"Accept": action.accept},
-                                      read_timeout=self.settings.read_timeout) as resp:
+                                      read_timeout=None, total_timeout=action.deadline) as resp:
             machine.watch_opened()
             readline = resp.content.readline
             while True:
@@ -119,6 +132,6 @@ class Reflector:
                 except orjson.JSONDecodeError as exc:
                     machine.undecodable(exc)
                     return
-                if not event(ev):
+                if not event(ev, line):
                     return
         machine.watch_ended()

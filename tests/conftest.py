@@ -28,7 +28,7 @@ async def sim() -> AsyncIterator[Simulator]:
 
 def fast_settings() -> tuple[ServeSettings, ReflectorSettings]:
     return (ServeSettings(bookmark_interval=1.0),
-            ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5))
+            ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5, relist_jitter=0.05))
 
 
 @pytest.fixture

@@ -140,33 +140,48 @@ async def test_apiserver_restart_on_the_same_port_serves_cache_throughout_and_re
 
 
 @pytest.fixture
-async def chatty_sim() -> AsyncIterator[Simulator]:
-    """A simulator that bookmarks every 0.2 s, so a healthy watch is never quiet for a second."""
-    s = Simulator(bookmark_interval=0.2)
+async def quiet_sim() -> AsyncIterator[Simulator]:
+    """A simulator that sends no bookmarks (as for a resource nobody writes): watches stay silent."""
+    s = Simulator(bookmark_interval=3600.0)
     s.load(servicegrid_demo())
     async with running_simulator(s):
         yield s
 
 
-async def test_half_open_upstream_is_detected_by_the_read_timeout_and_changes_meanwhile_are_caught_up(
-    chatty_sim: Simulator,
-) -> None:
-    sim = chatty_sim
-    reflect = ReflectorSettings(read_timeout=1.0, backoff_initial=0.05, backoff_max=0.3)
+async def test_a_quiet_healthy_watch_is_kept_until_the_server_ends_it_and_then_resumed(quiet_sim: Simulator) -> None:
+    """No read timeout on watches: silence is not death (the 90 s read timeout used to end every
+    idle watch and reconnect). The watch lasts until the server's timeoutSeconds; then it resumes."""
+    sim = quiet_sim
+    reflect = ReflectorSettings(read_timeout=0.2, backoff_initial=0.05, backoff_max=0.3, watch_timeout_min=2,
+                                watch_timeout_max=2, relist_jitter=0.05)
     async with running_wrapper(sim.url, reflect=reflect) as w:
-        await asyncio.sleep(1.5)  # healthy and quiet for longer than the read timeout: bookmarks keep it up
+        services = w.informers.reflectors["services"]
+        first = sim.reads("services", "watch")
+        # The server ends the 2 s watch (ten read timeouts of silence); the wrapper resumes it.
+        await wait_for(lambda: sim.reads("services", "watch") > first, 10, "the server to end the quiet watch")
+        assert services.state.reconnects == 0 and services.state.last_error == ""
+        assert services.state.relists == 0 and services.state.connected
+
+
+async def test_a_half_open_upstream_watch_is_abandoned_at_its_deadline_and_changes_meanwhile_are_caught_up(
+    quiet_sim: Simulator,
+) -> None:
+    """A connection that stays up but delivers nothing, not even the end of the stream (what TCP
+    keepalive cannot see: the peer's kernel still answers): the watch's deadline, its own
+    timeoutSeconds plus a margin, ends it."""
+    sim = quiet_sim
+    reflect = ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.3, watch_timeout_min=1,
+                                watch_timeout_max=1, watch_deadline_margin=0.5, relist_jitter=0.05)
+    async with running_wrapper(sim.url, reflect=reflect) as w:
         nodes = w.informers.reflectors["nodes"].state
-        assert nodes.connected and nodes.reconnects == 0
         sim.pause_watches()
-        sim.patch_labels(NODES, None, "gz-2", {"location": "beijing"})
-        await wait_for(lambda: nodes.reconnects >= 1, 10, "the half-open watch to be detected")
-        assert "read timeout" in nodes.last_error
+        sim.patch_labels(NODES, None, "bj-1", {"location": "beijing", "tier": "gold"})
+        await wait_for(lambda: nodes.reconnects >= 1, 10, "the half-open watch to be abandoned")
+        assert "in time" in nodes.last_error or "timeout" in nodes.last_error, nodes.last_error
         # The cache keeps serving the last state meanwhile.
         assert node_names(demo_slice(await list_items(w.url, ENDPOINTSLICES))) == {"bj-1", "bj-3"}
         sim.resume_watches()
-        await wait_for(lambda: w.informers.connected, 10, "a reconnect after resume")
-        await wait_for(lambda: w.cache.node_labels["gz-2"]["location"] == "beijing", 10, "the catch-up")
-        assert node_names(demo_slice(await list_items(w.url, ENDPOINTSLICES))) == {"bj-1", "bj-3", "gz-2"}
+        await wait_for(lambda: w.cache.node_labels["bj-1"].get("tier") == "gold", 10, "the catch-up")
         assert nodes.relists == 0
 
 
@@ -309,7 +324,7 @@ async def test_reflector_backoff_doubles_with_full_jitter_up_to_the_cap(
     monkeypatch.setattr(random, "uniform", recording_uniform)
     cache = ClusterCache(LOCAL_NODE)
     client = ApiClient(sim.url)
-    r = Reflector(client, NODES, cache, ReflectorSettings(backoff_initial=0.01, backoff_max=0.04))
+    r = Reflector(client, NODES, cache, ReflectorSettings(backoff_initial=0.01, backoff_max=0.04, streaming=False))
     sim.fail_next(6, 503)
     task = asyncio.create_task(r.run())
     try:
@@ -411,7 +426,8 @@ async def test_a_malformed_list_response_is_an_error_and_the_reflector_retries(
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     client = ApiClient(f"http://127.0.0.1:{runner.addresses[0][1]}")
-    r = Reflector(client, NODES, ClusterCache(LOCAL_NODE), ReflectorSettings(backoff_initial=0.01, backoff_max=0.02))
+    r = Reflector(client, NODES, ClusterCache(LOCAL_NODE),
+                  ReflectorSettings(backoff_initial=0.01, backoff_max=0.02, streaming=False))
     try:
         await run_until_synced(r)
     finally:

@@ -22,14 +22,18 @@ from cache.listwatch import (
     ListPage,
     ListWatch,
     ReflectorSettings,
+    Selection,
     Sleep,
     Watch,
 )
 from kubeapi.resources import NODES, Resource
 from kubeapi.types import JSONDict
 
+# Lists only, no jitter: the list-then-watch decisions (streaming lists and jitter: further down).
 SETTINGS = ReflectorSettings(page_size=2, backoff_initial=0.5, backoff_max=4.0, watch_timeout_min=300,
-                             watch_timeout_max=600)
+                             watch_timeout_max=600, streaming=False, relist_jitter=0.0)
+FIRST_LIST = ListPage({"resourceVersion": "0", "limit": "2"})  # the watch cache's; the server may page
+CONSISTENT = ListPage({"limit": "2"})  # from etcd, paged
 
 
 @dataclass
@@ -136,7 +140,7 @@ def next_request(r: Rig) -> Action:
 
 def test_a_list_is_asked_in_pages_and_reaches_the_sink_whole_at_the_first_pages_rv() -> None:
     r = rig()
-    assert r.machine.next_action() == ListPage({"limit": "2"})
+    assert r.machine.next_action() == FIRST_LIST
     r.machine.list_page(page(7, "a", "b", token="tok-1"))
     assert r.sink.calls == [], "nothing reaches the sink before the last page"
     assert r.machine.next_action() == ListPage({"limit": "2", "continue": "tok-1"})
@@ -151,7 +155,7 @@ def test_the_watch_resumes_from_the_list_rv_with_bookmarks_and_a_jittered_server
     r.machine.next_action()
     r.machine.list_page(page(42, "a"))
     assert r.machine.next_action() == Watch({"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": "42",
-                                             "timeoutSeconds": "600"})
+                                             "timeoutSeconds": "600"}, deadline=600 + SETTINGS.watch_deadline_margin)
     assert r.rng.randints == [(300, 600)]
 
 
@@ -225,7 +229,7 @@ def test_an_untrusted_event_ends_the_watch_and_relists_after_a_back_off(case: st
     assert r.sink.calls == [("replace", ["a", "b"], 10)], "nothing of it reached the sink"
     assert r.machine.rv == 10
     assert isinstance(r.machine.next_action(), Sleep)
-    assert r.machine.next_action() == ListPage({"limit": "2"})
+    assert r.machine.next_action() == ListPage({"resourceVersion": "10"}), "not older than: the watch cache's"
     r.machine.list_page(page(12, "a"))
     assert r.machine.state.relists == 1
 
@@ -254,7 +258,7 @@ REJECTIONS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 @pytest.mark.parametrize("case", sorted(REJECTIONS))
-def test_an_answer_that_rejects_the_rv_relists_without_one(case: str) -> None:
+def test_an_answer_that_rejects_the_rv_relists_from_the_watch_cache_unless_the_rv_is_too_large(case: str) -> None:
     how, st = REJECTIONS[case]
     r = rig()
     synced(r, 10)
@@ -264,10 +268,30 @@ def test_an_answer_that_rejects_the_rv_relists_without_one(case: str) -> None:
         assert r.machine.event({"type": "ERROR", "object": st}) is False
     assert r.machine.state.reconnects == 0, "not a lost connection"
     assert isinstance(r.machine.next_action(), Sleep)
-    assert r.machine.next_action() == ListPage({"limit": "2"}), "a consistent list: no resourceVersion"
+    if "too-large" in case:
+        # The apiserver has not reached the RV (an etcd restore?): a consistent list.
+        assert r.machine.next_action() == CONSISTENT
+    else:
+        # As client-go after a watch's 410: a list "not older than" the RV, whole, from the watch cache.
+        assert r.machine.next_action() == ListPage({"resourceVersion": "10"})
     r.machine.list_page(page(30, "a"))
     assert r.sink.calls[-1] == ("replace", ["a"], 30) and r.machine.state.relists == 1
     assert r.regressions == []
+
+
+@pytest.mark.parametrize("case", ["http-410-expired", "http-504-too-large-cause"])
+def test_a_relist_whose_rv_is_rejected_too_lists_consistently_at_once(case: str) -> None:
+    _how, st = REJECTIONS[case]
+    r = rig()
+    synced(r, 10)
+    r.machine.failed(http_error(410, status(410, "Expired", "too old resource version: 10 (20)")))
+    next_request(r)
+    r.machine.failed(http_error(st["code"], st))
+    assert next_request(r) == CONSISTENT
+    r.machine.list_page(page(30, "a"))
+    assert r.machine.rv == 30
+    r.machine.failed(http_error(410, status(410, "Expired", "too old")))  # the watch from 30
+    assert next_request(r) == ListPage({"resourceVersion": "30"}), "a good list makes the RV usable again"
 
 
 def test_a_504_that_is_not_about_the_rv_is_a_lost_connection_not_a_relist() -> None:
@@ -316,7 +340,7 @@ def test_a_failure_in_the_middle_of_a_paged_list_starts_the_list_over() -> None:
     r.machine.list_page(page(7, "a", "b", token="tok-1"))
     assert r.machine.next_action() == ListPage({"limit": "2", "continue": "tok-1"})
     r.machine.failed(TransportError("connection reset"))
-    assert next_request(r) == ListPage({"limit": "2"})
+    assert next_request(r) == FIRST_LIST
     r.machine.list_page(page(9, "z"))
     assert r.sink.calls == [("replace", ["z"], 9)], "no page of the abandoned list"
 
@@ -334,7 +358,7 @@ def test_a_malformed_list_answer_is_a_failure_and_the_list_is_asked_again(body: 
     r.machine.list_page(body)
     st = r.machine.state
     assert says in st.last_error and st.reconnects == 1 and not st.synced_once
-    assert next_request(r) == ListPage({"limit": "2"})
+    assert next_request(r) == FIRST_LIST
     assert r.sink.calls == []
 
 
@@ -352,7 +376,7 @@ def test_an_unreadable_stream_relists() -> None:
     r.clock.now = 2000.0
     r.machine.failed(UnreadableStream("Got more than 4194304 bytes when reading"))
     assert not r.machine.state.connected and r.machine.state.disconnected_since == 2000.0
-    assert next_request(r) == ListPage({"limit": "2"})
+    assert next_request(r) == ListPage({"resourceVersion": "10"})
 
 
 def test_an_unexpected_error_relists_rather_than_stopping() -> None:
@@ -360,7 +384,7 @@ def test_an_unexpected_error_relists_rather_than_stopping() -> None:
     synced(r)
     r.machine.failed(KeyError("a bug somewhere"))
     assert not r.machine.state.connected
-    assert next_request(r) == ListPage({"limit": "2"})
+    assert next_request(r) == ListPage({"resourceVersion": "10"})
 
 
 # ---- Retry-After -------------------------------------------------------------------------------------------
@@ -515,3 +539,302 @@ def test_the_state_tracks_connection_and_events_on_the_injected_clock() -> None:
     next_request(r)
     r.machine.watch_opened()
     assert r.machine.state.connected and r.machine.state.last_error == ""
+
+
+# ---- streaming lists (client-go's watchList) and their fallbacks ---------------------------------------------
+
+STREAMING = ReflectorSettings(page_size=2, backoff_initial=0.5, backoff_max=4.0, watch_timeout_min=300,
+                              watch_timeout_max=600, relist_jitter=0.0, stream_retry_after=600.0)
+STREAM_PARAMS = {"watch": "1", "allowWatchBookmarks": "true", "sendInitialEvents": "true",
+                 "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "600"}
+DEADLINE = 600 + STREAMING.watch_deadline_margin
+RPC_DISABLED = status(500, "InternalError", "a watch stream was requested by the client but the required storage "
+                      "feature RequestWatchProgress is disabled")
+GATE_OFF = status(422, "Invalid", "ListOptions.meta.k8s.io is invalid: sendInitialEvents: Forbidden: "
+                  "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled")
+
+
+def stream_rig(**kw: Any) -> Rig:
+    return rig(settings=STREAMING, **kw)
+
+
+def bookmark(rv: int, end: bool = False, kind: str = "Node") -> dict[str, Any]:
+    meta: dict[str, Any] = {"resourceVersion": str(rv)}
+    if end:
+        meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+    return {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1", "metadata": meta}}
+
+
+def streamed(r: Rig, rv: int = 10, *names: str) -> None:
+    """A first sync by streaming list, as after start-up against an apiserver that serves them."""
+    action = r.machine.next_action()
+    assert isinstance(action, Watch) and action.params.get("sendInitialEvents") == "true"
+    r.machine.watch_opened()
+    for n in names or ("a", "b"):
+        assert r.machine.event({"type": "ADDED", "object": node(n, rv - 1)})
+    assert r.machine.event(bookmark(rv, end=True))
+
+
+def replaced(r: Rig) -> list[tuple[list[str], int]]:
+    return [(sorted(c[1]), c[2]) for c in r.sink.calls if c[0] == "replace"]
+
+
+def test_the_first_sync_is_a_streaming_list_that_reaches_the_sink_at_its_bookmark_and_goes_on_as_the_watch() -> None:
+    r = stream_rig()
+    assert r.machine.next_action() == Watch(STREAM_PARAMS, deadline=DEADLINE), "no RV yet: a consistent stream"
+    r.machine.watch_opened()
+    assert r.machine.event({"type": "ADDED", "object": node("a", 4)})
+    assert r.machine.event({"type": "ADDED", "object": node("b", 5)})
+    assert r.machine.event(bookmark(6)), "a plain bookmark in the burst ends nothing"
+    assert r.sink.calls == [], "nothing reaches the sink before the initial-events-end bookmark"
+    assert r.machine.event(bookmark(7, end=True))
+    assert replaced(r) == [(["a", "b"], 7)] and r.machine.rv == 7
+    st = r.machine.state
+    assert (st.lists, st.streamed, st.sync_mode, st.synced_once, st.connected) == (1, 1, "stream", True, True)
+    # The same stream goes on as the watch: no second request.
+    assert r.machine.event({"type": "MODIFIED", "object": node("a", 8)})
+    assert r.sink.calls[-1] == ("apply", "MODIFIED", "a", "8")
+    r.clock.now += 5
+    r.machine.watch_ended()
+    assert r.machine.next_action() == Watch({"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": "8",
+                                             "timeoutSeconds": "600"}, deadline=DEADLINE), "a normal end resumes"
+
+
+def test_a_streaming_relist_asks_not_older_than_the_last_rv() -> None:
+    r = stream_rig()
+    streamed(r, 10)
+    assert r.machine.event({"type": "ERROR", "object": status(410, "Expired", "too old")}) is False
+    action = next_request(r)
+    assert action == Watch({**STREAM_PARAMS, "resourceVersion": "10"}, deadline=DEADLINE)
+
+
+def test_initial_events_deleted_or_modified_in_the_burst_reach_the_sink_as_they_ended() -> None:
+    r = stream_rig()
+    r.machine.next_action()
+    r.machine.watch_opened()
+    for ev in ({"type": "ADDED", "object": node("a", 3)}, {"type": "ADDED", "object": node("b", 3)},
+               {"type": "MODIFIED", "object": node("a", 4)}, {"type": "DELETED", "object": node("b", 5)}):
+        assert r.machine.event(ev)
+    r.machine.event(bookmark(5, end=True))
+    assert r.sink.calls == [("replace", ["a"], 5)]
+
+
+@pytest.mark.parametrize(("case", "feed"), [
+    ("gate-off-422", lambda m: m.failed(http_error(422, GATE_OFF))),
+    ("not-found-404", lambda m: m.failed(http_error(404, status(404, "NotFound", "the server could not find")))),
+    ("accepted-then-error", lambda m: (m.watch_opened(), m.event({"type": "ERROR", "object": RPC_DISABLED}))),
+    ("ended-before-the-bookmark", lambda m: (m.watch_opened(), m.event({"type": "ADDED", "object": node("a", 3)}),
+                                             m.watch_ended())),
+    ("very-short-empty-stream", lambda m: (m.watch_opened(), m.watch_ended())),
+])
+def test_a_refused_streaming_list_falls_back_to_a_list_at_once_and_for_a_while(case: str, feed: Any) -> None:
+    r = stream_rig()
+    r.machine.next_action()
+    feed(r.machine)
+    assert r.machine.next_action() == FIRST_LIST, "at once, no back-off: resourceVersion=0 from the watch cache"
+    assert r.machine.state.stream_refused and r.machine.state.reconnects == 0
+    r.machine.list_page(page(10, "a", "b"))
+    assert replaced(r) == [(["a", "b"], 10)] and r.machine.state.sync_mode == "list"
+    r.machine.watch_opened()
+    # A relist within stream_retry_after lists at once, from the watch cache ...
+    r.machine.failed(http_error(410, status(410, "Expired", "too old")))
+    assert next_request(r) == ListPage({"resourceVersion": "10"})
+    r.machine.list_page(page(20, "a"))
+    r.machine.watch_opened()
+    # ... and one after it tries the stream again (the apiserver may have been upgraded).
+    r.clock.now += STREAMING.stream_retry_after
+    r.machine.failed(http_error(410, status(410, "Expired", "too old")))
+    assert next_request(r) == Watch({**STREAM_PARAMS, "resourceVersion": "20"}, deadline=DEADLINE)
+
+
+def test_a_5xx_answer_to_a_streaming_list_falls_back_for_this_round_only() -> None:
+    r = stream_rig()
+    r.machine.next_action()
+    r.machine.failed(http_error(503, status(503, "ServiceUnavailable", "starting")))
+    assert r.machine.next_action() == FIRST_LIST
+    r.machine.list_page(page(10, "a"))
+    r.machine.failed(http_error(410, status(410, "Expired", "too old")))
+    action = next_request(r)
+    assert isinstance(action, Watch) and action.params.get("sendInitialEvents") == "true"
+
+
+@pytest.mark.parametrize("how", ["http", "event"])
+def test_a_throttled_streaming_list_backs_off_its_retry_after_and_streams_again(how: str) -> None:
+    r = stream_rig(frac=0.0)
+    r.machine.next_action()
+    st = status(429, "TooManyRequests", "slow down", retryAfterSeconds=6)
+    if how == "http":
+        r.machine.failed(http_error(429, st))
+    else:
+        r.machine.watch_opened()
+        assert r.machine.event({"type": "ERROR", "object": st}) is False
+    assert r.machine.next_action() == Sleep(6.0)
+    assert r.machine.next_action() == Watch(STREAM_PARAMS, deadline=DEADLINE)
+    assert not r.machine.state.stream_refused
+
+
+def test_a_rejected_rv_streams_again_from_the_latest_then_falls_back_if_that_is_rejected_too() -> None:
+    r = stream_rig()
+    streamed(r, 10)
+    r.machine.failed(http_error(410, status(410, "Expired", "too old")))  # the watch
+    assert next_request(r) == Watch({**STREAM_PARAMS, "resourceVersion": "10"}, deadline=DEADLINE)
+    r.machine.watch_opened()
+    assert r.machine.event({"type": "ERROR", "object": status(504, "Timeout", TOO_LARGE, **TOO_LARGE_CAUSE)}) is False
+    assert r.machine.next_action() == Watch(STREAM_PARAMS, deadline=DEADLINE), "client-go: at once, with no RV"
+    r.machine.watch_opened()
+    r.machine.event({"type": "ERROR", "object": status(410, "Expired", "too old")})
+    assert r.machine.next_action() == CONSISTENT, "no RV left to drop: this apiserver cannot stream it"
+
+
+def test_a_connection_lost_in_the_burst_drops_its_events_and_streams_again() -> None:
+    r = stream_rig()
+    r.machine.next_action()
+    r.machine.watch_opened()
+    r.machine.event({"type": "ADDED", "object": node("a", 3)})
+    r.machine.failed(TransportError("connection reset by peer"))
+    assert r.machine.state.reconnects == 1 and not r.machine.state.stream_refused
+    assert next_request(r) == Watch(STREAM_PARAMS, deadline=DEADLINE)
+    r.machine.watch_opened()
+    r.machine.event({"type": "ADDED", "object": node("b", 4)})
+    r.machine.event(bookmark(4, end=True))
+    assert r.sink.calls == [("replace", ["b"], 4)], "nothing of the broken stream"
+
+
+def test_an_unreadable_stream_in_the_burst_lists_instead_this_round() -> None:
+    r = stream_rig()
+    r.machine.next_action()
+    r.machine.watch_opened()
+    r.machine.failed(UnreadableStream("Got more than 2097152 bytes when reading"))
+    assert r.machine.next_action() == FIRST_LIST
+    r.machine.list_page(page(10, "a"))
+    r.machine.failed(http_error(410, status(410, "Expired", "too old")))
+    assert isinstance(next_request(r), Watch), "not remembered: the next round streams"
+
+
+def test_malformed_initial_events_are_skipped_like_list_items() -> None:
+    r = stream_rig()
+    r.machine.next_action()
+    r.machine.watch_opened()
+    assert r.machine.event({"type": "ADDED", "object": node("a", 3)})
+    nameless = {"kind": "Node", "metadata": {"name": "", "resourceVersion": "3"}}
+    assert r.machine.event({"type": "ADDED", "object": nameless})
+    assert r.machine.event({"type": "ADDED", "object": {**node("c", 3), "kind": "Service"}})
+    assert r.machine.event(bookmark(4, end=True))
+    assert r.sink.calls == [("replace", ["a"], 4)]
+
+
+@pytest.mark.parametrize("feed", [
+    lambda m: m.event([1, 2]),
+    lambda m: m.event({"kind": "NodeList", "apiVersion": "v1", "items": []}),  # a list for a watch
+    lambda m: m.event({"type": "EXPLODED", "object": node("a", 3)}),
+    lambda m: m.undecodable(ValueError("unexpected end of data")),
+], ids=["not-an-object", "a-list-body", "unknown-type", "undecodable"])
+def test_a_stream_that_is_no_watch_stream_lists_instead_this_round(feed: Any) -> None:
+    r = stream_rig()
+    r.machine.next_action()
+    r.machine.watch_opened()
+    feed(r.machine)
+    assert r.machine.next_action() == FIRST_LIST
+    r.machine.list_page(page(10, "a"))
+    r.machine.failed(http_error(410, status(410, "Expired", "too old")))
+    assert isinstance(next_request(r), Watch), "not remembered: the next round streams"
+
+
+def test_a_streaming_list_below_an_rv_already_seen_reports_the_timeline_went_back() -> None:
+    r = stream_rig()
+    r.machine.rv = 500  # a restored snapshot's
+    action = r.machine.next_action()
+    assert isinstance(action, Watch) and action.params["resourceVersion"] == "500"
+    r.machine.watch_opened()
+    r.machine.event({"type": "ERROR", "object": status(504, "Timeout", TOO_LARGE, **TOO_LARGE_CAUSE)})
+    r.machine.next_action()
+    r.machine.watch_opened()
+    r.machine.event({"type": "ADDED", "object": node("a", 30)})
+    r.machine.event(bookmark(40, end=True))
+    assert r.regressions == [(500, 40)] and r.machine.rv == 40
+
+
+def test_streaming_off_lists_first() -> None:
+    r = rig()
+    assert r.machine.next_action() == FIRST_LIST
+
+
+# ---- selections: selectors and metadata only ----------------------------------------------------------------------
+
+
+def test_a_selection_goes_with_every_request() -> None:
+    sel = Selection(label_selector="a=b", field_selector="metadata.name=bj-1")
+    m = ListWatch(NODES, RecordingSink(), SETTINGS, selection=sel, clock=FakeClock(), rng=FakeRandom())
+    sel_params = {"labelSelector": "a=b", "fieldSelector": "metadata.name=bj-1"}
+    assert m.next_action() == ListPage({**sel_params, "resourceVersion": "0", "limit": "2"})
+    m.list_page(page(7, "bj-1", token="t"))
+    assert m.next_action() == ListPage({**sel_params, "limit": "2", "continue": "t"})
+    m.list_page(page(7))
+    action = m.next_action()
+    assert isinstance(action, Watch) and action.params.items() >= sel_params.items()
+    streaming = ListWatch(NODES, RecordingSink(), STREAMING, selection=sel, clock=FakeClock(), rng=FakeRandom())
+    action = streaming.next_action()
+    assert isinstance(action, Watch) and action.params.items() >= sel_params.items()
+
+
+def partial(name: str, rv: int) -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"name": name, "resourceVersion": str(rv), "labels": {"zone": name}}}
+
+
+def test_metadata_only_asks_for_partial_object_metadata_and_takes_it_as_the_resource() -> None:
+    sink = RecordingSink()
+    m = ListWatch(NODES, sink, SETTINGS, selection=Selection(metadata_only=True), clock=FakeClock(), rng=FakeRandom())
+    action = m.next_action()
+    assert isinstance(action, ListPage) and action.accept.startswith(
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")
+    m.list_page(orjson.dumps({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                              "metadata": {"resourceVersion": "5"}, "items": [partial("a", 4), partial("b", 5)]}))
+    assert sink.calls == [("replace", ["a", "b"], 5)]
+    action = m.next_action()
+    assert isinstance(action, Watch) and action.accept.startswith(
+        "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
+    m.watch_opened()
+    assert m.event({"type": "MODIFIED", "object": partial("a", 6)})
+    assert m.event({"type": "BOOKMARK", "object": partial("", 7)})
+    assert m.event({"type": "MODIFIED", "object": node("b", 8)}), "a server that sends whole objects is taken too"
+    assert sink.calls[1:] == [("apply", "MODIFIED", "a", "6"), ("bookmark", 7), ("apply", "MODIFIED", "b", "8")]
+    assert m.event({"type": "MODIFIED", "object": {**partial("a", 9), "kind": "Service"}}) is False
+
+
+def test_metadata_only_streaming_lists_take_partial_objects_and_an_empty_list_is_null_items() -> None:
+    sink = RecordingSink()
+    m = ListWatch(NODES, sink, STREAMING, selection=Selection(metadata_only=True), clock=FakeClock(), rng=FakeRandom())
+    m.next_action()
+    m.watch_opened()
+    m.event({"type": "ADDED", "object": partial("a", 4)})
+    m.event({"type": "BOOKMARK", "object": {**partial("", 5), "metadata": {
+        "resourceVersion": "5", "annotations": {"k8s.io/initial-events-end": "true"}}}})
+    assert sink.calls == [("replace", ["a"], 5)]
+    empty = ListWatch(NODES, RecordingSink(), SETTINGS, selection=Selection(metadata_only=True), clock=FakeClock(),
+                      rng=FakeRandom())
+    empty.next_action()
+    empty.list_page(b'{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1",'
+                    b'"metadata":{"resourceVersion":"3"},"items":null}')
+    assert empty.state.synced_once and empty.rv == 3
+
+
+# ---- jitter: no fleet relists in lockstep ---------------------------------------------------------------------------
+
+
+def test_every_relist_waits_a_random_part_of_the_jitter_window_and_the_first_sync_only_when_asked() -> None:
+    jittered = ReflectorSettings(page_size=2, backoff_initial=0.5, streaming=False, relist_jitter=8.0)
+    sink, clock, rng = RecordingSink(), FakeClock(), FakeRandom(0.75)
+    m = ListWatch(NODES, sink, jittered, clock=clock, rng=rng)
+    assert isinstance(m.next_action(), ListPage), "a wrapper with nothing to serve syncs at once"
+    m.list_page(page(10, "a"))
+    m.failed(http_error(410, status(410, "Expired", "too old")))
+    assert m.next_action() == Sleep(6.0) and (0.0, 8.0) in rng.uniforms
+    restored = ListWatch(NODES, RecordingSink(), jittered, clock=clock, rng=FakeRandom(0.5), jitter_first_sync=True)
+    assert restored.next_action() == Sleep(4.0), "a wrapper that already serves a snapshot spreads its first sync"
+    # A lost connection is not a relist: the watch resumes after its back-off alone.
+    m.next_action()
+    m.list_page(page(20, "a"))
+    rng.uniforms.clear()
+    m.failed(TransportError("refused"))
+    assert isinstance(m.next_action(), Sleep) and (0.0, 8.0) not in rng.uniforms

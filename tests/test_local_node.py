@@ -34,7 +34,8 @@ async def test_a_hostname_matching_no_node_fails_readyz_sets_the_metric_and_warn
     client = ApiClient(sim.url)
     running = await start_wrapper(client, "bj-9", ("127.0.0.1", 0),
                                   serve=ServeSettings(bookmark_interval=1.0),
-                                  reflect=ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5),
+                                  reflect=ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5,
+                                                            relist_jitter=0.05),
                                   debug=("127.0.0.1", 0), local_node_warn_every=0.2)
     try:
         await wait_ready(running)

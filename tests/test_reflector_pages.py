@@ -56,13 +56,14 @@ class PageCountingSink:
 
 
 async def test_a_paginated_list_arrives_whole_and_in_order_while_later_pages_stay_encoded() -> None:
-    sim = Simulator(servicegrid_demo())
+    # Lists only, from an apiserver without a watch cache: even the first list (resourceVersion=0) is paged.
+    sim = Simulator(servicegrid_demo(), paginate_rv0=True)
     for i in range(7):
         sim.create(NODES, {"metadata": {"name": f"extra-{i}", "labels": {"location": "beijing"}}})
     await sim.start("127.0.0.1", 0)
     client = ApiClient(sim.url)
     sink = PageCountingSink()
-    reflector = Reflector(client, NODES, sink, ReflectorSettings(page_size=3))
+    reflector = Reflector(client, NODES, sink, ReflectorSettings(page_size=3, streaming=False))
     try:
         await run_until_synced(reflector)
     finally:

@@ -70,7 +70,7 @@ async def running_wrapper(
 ) -> AsyncIterator[Running]:
     """A wrapper as node bj-1 in front of ``upstream_url`` with fast defaults, stopped on exit."""
     serve = serve or ServeSettings(bookmark_interval=1.0)
-    reflect = reflect or ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5)
+    reflect = reflect or ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5, relist_jitter=0.05)
     async with ApiClient(upstream_url) as client:
         running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve,
                                       reflect=reflect, debug=("127.0.0.1", 0), **kwargs)

@@ -84,6 +84,11 @@ class GarbageUpstream:
             return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404},
                                      status=404)
         res = rp.resource
+        if request.query.get("sendInitialEvents") == "true":
+            # As an apiserver with the WatchList gate off: the wrapper falls back to a list.
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+                                      "reason": "Invalid", "message": "sendInitialEvents is forbidden for watch "
+                                      "unless the WatchList feature gate is enabled"}, status=422)
         if request.query.get("watch") in ("1", "true"):
             return await self._watch(request, res)
         self.lists[res.plural] += 1

@@ -61,7 +61,7 @@ async def stack(seed: SeedList, *, node: str = "bj-1", sim_bookmarks: float = 0.
         running = await start_wrapper(
             client, node, ("127.0.0.1", 0),
             serve=ServeSettings(bookmark_interval=wrapper_bookmarks, too_large_wait=too_large_wait),
-            reflect=ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5),
+            reflect=ReflectorSettings(read_timeout=5.0, backoff_initial=0.05, backoff_max=0.5, relist_jitter=0.05),
             debug=("127.0.0.1", 0))
         await wait_ready(running)
         yield Stack(sim, running)
