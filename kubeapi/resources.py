@@ -56,12 +56,12 @@ SERVICES = Resource(
 ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints", namespaced=True, short_names=("ep",))
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", namespaced=True)
 
+# Not in ALL: the wrapper does not serve them (the simulator does, apisim.server.SERVED); the
+# node topology buckets (kubeapi.node_topology) are ConfigMaps, which the wrapper watches.
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True, short_names=("cm",))
+
 ALL: tuple[Resource, ...] = (NODES, SERVICES, ENDPOINTS, ENDPOINTSLICES)
 BY_PLURAL: dict[str, Resource] = {r.plural: r for r in ALL}
-
-# Not cached or served by the wrapper: the node topology buckets (kubeapi.node_topology) are
-# ConfigMaps, which the wrapper watches in one namespace and the simulator serves.
-CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True, short_names=("cm",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +80,15 @@ _PATH = re.compile(
 )
 
 
-def match_path(path: str, resources: Mapping[str, Resource] = BY_PLURAL) -> ResourcePath | None:
-    """Parse ``path`` if it names one of ``resources`` (by plural; default ``ALL``): a
+def match_path(path: str, by_plural: Mapping[str, Resource] = BY_PLURAL) -> ResourcePath | None:
+    """Parse ``path`` if it names one of ``by_plural``'s resources (default: ``ALL``), as a
     collection, an object or a subresource."""
     m = _PATH.match(path)
     if m is None:
         return None
     group = m.group("g") or ""
     version = m.group("cv") or m.group("gv")
-    res = resources.get(m.group("plural"))
+    res = by_plural.get(m.group("plural"))
     if res is None or res.group != group or res.version != version:
         return None
     ns = m.group("ns")
