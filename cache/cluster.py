@@ -13,6 +13,13 @@ Every upstream change, before the first sync or after it, goes through the handl
 resource (the table in ``__init__``). While the cache loads (its first sync, or a new upstream
 timeline) the publisher stages what the views will serve instead of publishing events, and no
 re-filter is planned: the load's end serves every filtered Service once, then loads the views.
+
+The load waits for the resources that are not ``optional`` (an optional one, the lazily watched
+Endpoints, is loaded by itself whenever its first list comes: ``unload`` forgets its view when its
+informer stops) and, with a ``label_feed``, for the feed's first ``replace_node_labels``: node
+labels can come from another source than the Nodes store (the node topology buckets, or a
+metadata-only watch of all Nodes). A node the Nodes store holds (the local one: its reflector
+watches it alone) takes its labels from its object; the feed's labels for it are not used.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from cache.indexes import Refs, endpoints_refs, reference_indexes, service_indexes, slice_refs
+from cache.indexes import BY_LABEL_READ, Refs, endpoints_refs, reference_indexes, service_indexes, slice_refs
 from cache.outputs import Forms, Outputs
 from cache.planner import Plan, Planner
 from cache.publisher import Batch, Own, Publisher
@@ -33,6 +40,7 @@ from filters.api import NodeChange, TopologyContext
 from filters.pipeline import NO_POLICIES, PIPELINE, Pipeline, Policies
 from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource, object_key
 from kubeapi.rv import rv_of
+from kubeapi.selectors import FieldSelector
 from kubeapi.types import JSONDict
 
 log = logging.getLogger(__name__)
@@ -58,11 +66,17 @@ class ClusterCache:
 
     def __init__(
         self, local_node: str, *, history_events: int = 20000, history_bytes: int = DEFAULT_HISTORY_BYTES,
-        pipeline: Pipeline = PIPELINE,
+        pipeline: Pipeline = PIPELINE, optional: Iterable[Resource] = (), label_feed: bool = False,
+        scopes: Mapping[str, FieldSelector] | None = None,
     ) -> None:
+        """``optional``, ``label_feed``, ``scopes``: see ``configure``."""
         self.local_node = local_node
         budget = HistoryBudget(history_bytes)
         self.views: dict[str, View] = {r.plural: View(r, max_events=history_events, budget=budget) for r in ALL}
+        self._optional: frozenset[str] = frozenset()
+        # Optional resources whose informer runs: a load waits for them too.
+        self._active: set[str] = set()
+        self._label_feed = False
         slice_indexes, endpoints_indexes = reference_indexes()
         self._nodes: Store[None] = Store(NODES)
         self._services: Store[Policies] = Store(SERVICES, service_indexes())
@@ -91,12 +105,31 @@ class ClusterCache:
                             f"{sorted(cached ^ (set(self._handlers) & set(self._stores)))}")
         self.ready_event = asyncio.Event()
         self._forget()
+        self.configure(optional=optional, label_feed=label_feed, scopes=scopes or {})
+
+    def configure(self, *, optional: Iterable[Resource] = (), label_feed: bool = False,
+                  scopes: Mapping[str, FieldSelector] | None = None) -> None:
+        """What the upstream feeds, as the informers that feed the cache decide it; only before
+        anything was loaded. ``optional``: resources the cache is ready without (their informer
+        may not run); ``label_feed``: node labels also come from ``replace_node_labels`` and
+        ``node_labels_fed``, whose first full state the load waits for; ``scopes``: by plural,
+        the objects a view holds all of (its reflector's field selector; ``ViewReader.scope``)."""
+        if self._kept or self.ready_event.is_set():
+            raise RuntimeError("the cache has loaded already: configure it before its first list")
+        self._optional = frozenset(r.plural for r in optional)
+        self._label_feed = label_feed
+        self._labels_listed = not label_feed
+        for plural, scope in (scopes or {}).items():
+            self.views[plural].scope = scope
 
     def _forget(self) -> None:
         """Every upstream object, everything derived from them and every counter: as new."""
         for store in self._stores.values():
             store.clear()
         self._node_labels.clear()  # in place: the context and the planner read this dict
+        self._labels_listed = not self._label_feed
+        # The resources whose store holds a full list (possibly from before an optional one stopped).
+        self._kept: set[str] = set()
         self._outputs.endpoint_counts.clear()
         self.ready_event.clear()  # set at the first sync, and kept when the cache starts over
         # Set by start_over: the next load is a new upstream timeline for the views.
@@ -117,6 +150,8 @@ class ClusterCache:
         self.generation += 1
         if self._publisher.loading:
             self._load_list(resource, items, rv)
+        elif not self.views[resource.plural].synced:
+            self._load_alone(resource, items, rv)
         else:
             self._relist(resource, items, rv)
 
@@ -145,6 +180,46 @@ class ClusterCache:
         self.timeline_resets += 1
         self.generation += 1
         self._start_load()
+
+    def activate(self, resource: Resource) -> None:
+        """The informer of an optional ``resource`` started: until ``unload``, a load (a new
+        upstream timeline) waits for its list too."""
+        if resource.plural not in self._optional:
+            raise ValueError(f"{resource.plural} is not optional: the cache needs it")
+        self._active.add(resource.plural)
+
+    def unload(self, resource: Resource) -> None:
+        """The informer of an optional ``resource`` stopped: its view empties and readers wait for
+        its next list (which loads it by itself). The store keeps the last state it listed, for
+        the snapshot."""
+        if resource.plural not in self._optional:
+            raise ValueError(f"{resource.plural} is not optional: the cache needs it")
+        self._active.discard(resource.plural)
+        self._stores[resource.plural].listed = False
+        self._publisher.unload(resource)
+
+    def replace_node_labels(self, labels: Mapping[str, Mapping[str, str]], rv: int) -> None:
+        """The label feed's full state: every node it names has these labels, and a node it does
+        not name is gone, except the nodes the Nodes store holds (their objects say). The first
+        one counts towards the cache's load; later ones re-filter what changed, at ``rv``."""
+        self.generation += 1
+        held = self._nodes.objects
+        for name in [n for n in self._node_labels if n not in labels and n not in held]:
+            self.node_labels_changed(name, None, rv)
+        for name, node_labels in labels.items():
+            if name not in held:
+                self.node_labels_changed(name, node_labels, rv)
+        if not self._labels_listed:
+            self._labels_listed = True
+            if self._publisher.loading and self._all_listed():
+                self._finish_load()
+
+    def node_labels_fed(self, name: str, labels: Mapping[str, str] | None, rv: int) -> None:
+        """One node's labels from the label feed (None: gone); ignored for a node the Nodes store holds."""
+        if name in self._nodes.objects:
+            return
+        self.generation += 1
+        self.node_labels_changed(name, labels, rv)
 
     def clear(self) -> None:
         """Forget everything, the views' contents included: back to a new cache's state.
@@ -190,6 +265,32 @@ class ClusterCache:
     def node_labels(self) -> Mapping[str, Mapping[str, str]]:
         """Every known Node's labels, by name."""
         return self._node_labels
+
+    def fed_node_labels(self) -> dict[str, Mapping[str, str]] | None:
+        """The labels of the nodes the Nodes store does not hold (the label feed's), for the
+        snapshot; None while the feed has not listed (or there is none)."""
+        if not self._label_feed or not self._labels_listed:
+            return None
+        held = self._nodes.objects
+        return {name: labels for name, labels in self._node_labels.items() if name not in held}
+
+    @property
+    def label_feed(self) -> bool:
+        """Whether node labels also come from a feed (``replace_node_labels``), which the load waits for."""
+        return self._label_feed
+
+    def is_optional(self, resource: Resource) -> bool:
+        """Whether the cache is ready without ``resource`` (its informer may not run)."""
+        return resource.plural in self._optional
+
+    def keeps(self, resource: Resource) -> bool:
+        """Whether ``resource``'s store holds a full list: what a snapshot persists (an optional
+        resource's may be the last it had before its informer stopped)."""
+        return resource.plural in self._kept
+
+    def label_keys_read(self) -> frozenset[str]:
+        """The node label keys some Service's filters read (their declared ``Reads``)."""
+        return frozenset(self._services.index.values(BY_LABEL_READ))
 
     @property
     def local_node_known(self) -> bool:
@@ -240,8 +341,34 @@ class ClusterCache:
                 handle(DELETED, key, store.objects[key].obj(), 0)
         store.rv = rv
         store.listed = True
-        if all(s.listed for s in self._stores.values()):
+        self._kept.add(resource.plural)
+        if self._all_listed():
             self._finish_load()
+
+    def _all_listed(self) -> bool:
+        """Whether everything the load waits for has listed: the stores of the resources that
+        are not optional or whose informer runs, and the label feed if there is one."""
+        return self._labels_listed and all(s.listed for p, s in self._stores.items()
+                                           if p not in self._optional or p in self._active)
+
+    def _load_alone(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
+        """A list of an optional resource whose view is not loaded (its informer just started):
+        staged and loaded by itself, while the other views go on publishing. What the list lacks
+        of what the store kept is deleted."""
+        store, handle = self._stores[resource.plural], self._handlers[resource.plural]
+        self._publisher.start_alone(resource)
+        seen: set[str] = set()
+        for obj in items:
+            key = object_key(obj)
+            seen.add(key)
+            handle("MODIFIED" if key in store.objects else "ADDED", key, obj, 0)
+        for key in [k for k in store.objects if k not in seen]:
+            handle(DELETED, key, store.objects[key].obj(), 0)
+        store.rv = rv
+        store.listed = True
+        self._kept.add(resource.plural)
+        self._publisher.finish_alone(resource, rv)
+        log.info("cache %s: loaded %d objects at resourceVersion %d", resource.plural, len(store.objects), rv)
 
     def _relist(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
         """After the first sync: what changed since the store's state, as events.
@@ -272,14 +399,23 @@ class ClusterCache:
     def _start_load(self) -> None:
         for store in self._stores.values():
             store.listed = False
+        self._labels_listed = not self._label_feed
         self._publisher.start_load()
 
     def _finish_load(self) -> None:
-        """Every resource has listed: serve every filtered Service, then load the views at once."""
+        """Everything has listed: serve every filtered Service, then load the views at once (an
+        optional resource that has not listed keeps its view; on a new timeline it is unloaded)."""
         new_timeline, self._new_timeline = self._new_timeline, False
         self._outputs.endpoint_counts.clear()
         self._serve_again(self._planner.after_load(), 0)
-        self._publisher.finish_load({plural: s.rv for plural, s in self._stores.items()}, new_timeline=new_timeline)
+        self._publisher.finish_load({plural: s.rv for plural, s in self._stores.items() if s.listed},
+                                    new_timeline=new_timeline)
+        if new_timeline:
+            for plural in self._optional:
+                if not self._stores[plural].listed:
+                    # Its view and what its store kept are of the old timeline.
+                    self._publisher.unload(self._stores[plural].resource)
+                    self._kept.discard(plural)
         self.ready_event.set()
         log.info(
             "cache %s: %d nodes, %d services, %d endpointslices, %d endpoints",

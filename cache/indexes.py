@@ -34,6 +34,10 @@ class Index(Protocol[F_contra]):
 
     def get(self, value: str) -> Set[str]: ...
 
+    def values(self) -> Set[str]:
+        """Every value something is filed under (live: do not keep or change it)."""
+        ...
+
     def __len__(self) -> int: ...
 
     def clear(self) -> None: ...
@@ -71,6 +75,9 @@ class KeysIndex(Generic[F]):
 
     def get(self, value: str) -> Set[str]:
         return self._keys.get(value, _NONE)
+
+    def values(self) -> Set[str]:
+        return self._keys.keys()
 
     def __len__(self) -> int:
         """How many values have something filed under them."""
@@ -128,6 +135,9 @@ class OwnersIndex(Generic[F]):
         counts = self._counts.get(value)
         return counts.keys() if counts is not None else _NONE
 
+    def values(self) -> Set[str]:
+        return self._counts.keys()
+
     def __len__(self) -> int:
         """How many values have an owner filed under them."""
         return len(self._counts)
@@ -152,6 +162,10 @@ class Indexer(Generic[F]):
     def get(self, name: str, value: str) -> Set[str]:
         """What index ``name`` files under ``value`` (live: do not keep or change it)."""
         return self._indexes[name].get(value)
+
+    def values(self, name: str) -> Set[str]:
+        """Every value index ``name`` files something under (live: do not keep or change it)."""
+        return self._indexes[name].values()
 
     def clear(self) -> None:
         for index in self._indexes.values():

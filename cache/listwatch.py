@@ -31,8 +31,8 @@ machine watches (``WATCH``) until something only a new sync can repair.
   start a new sync round. So an apiserver restart costs each resource one sync, at most.
 
 Every new round after the first waits a random part of ``relist_jitter`` first (so a fleet
-does not relist in lockstep), and so does the first one when ``jitter_first_sync`` is set
-(a wrapper restored from a snapshot already serves; one without must sync at once).
+does not relist in lockstep), and so does the first one after ``spread()`` (a wrapper restored
+from a snapshot already serves; one without must sync at once).
 
 Inputs (methods the loop calls): ``list_page(body)``; ``watch_opened()``, ``event(ev, line)``
 for each decoded watch event (``line``: its bytes, kept instead of the object while streaming),
@@ -215,7 +215,6 @@ class ListWatch:
         *,
         selection: Selection = EVERYTHING,
         on_regression: RegressionHandler | None = None,
-        jitter_first_sync: bool = False,
         clock: Clock = time.monotonic,
         rng: Random = random,
     ) -> None:
@@ -251,8 +250,6 @@ class ListWatch:
         self._seen = 0
         self.phase = Phase.LIST
         self._begin_sync()
-        if jitter_first_sync:
-            self._jitter()
 
     # ---- outputs -----------------------------------------------------------------------------
 
@@ -287,6 +284,11 @@ class ListWatch:
             params["resourceVersion"] = str(self.rv)
         params["timeoutSeconds"] = str(timeout)
         return Watch(params, accept, timeout + s.watch_deadline_margin)
+
+    def spread(self) -> None:
+        """Wait a random part of ``relist_jitter`` before the next request (a wrapper restored
+        from a snapshot spreads its first sync: it already serves)."""
+        self._jitter()
 
     # ---- inputs: listing ---------------------------------------------------------------------
 

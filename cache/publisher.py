@@ -8,7 +8,9 @@ The own event always goes out, last, so that it carries the batch's resourceVers
 advances the view (``cache.view`` explains the stamping).
 
 While the cache loads (its first sync, a new upstream timeline) the publisher stages what each
-view will serve, with no events, and loads the views at once when the load ends.
+view will serve, with no events, and loads the views at once when the load ends. One view can
+load by itself the same way (``start_alone``/``finish_alone``: a lazy informer's first list)
+while the others publish, and be unloaded (``unload``: its informer stopped).
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ class Publisher:
         self.views = views  # by plural
         self.loading = True
         self._staged: dict[str, dict[str, Entry]] = {plural: {} for plural in views}
+        # Views loading by themselves while the others publish (by plural).
+        self._alone: set[str] = set()
         # Re-filtered events published (not the upstream's own), for metrics and the debug page.
         self.synthetic_events = 0
 
     def publish(self, batch: Batch) -> None:
-        if self.loading:
+        if self.loading or (self._alone and batch.resource.plural in self._alone):
             self._stage(batch)
             return
         view = self.views[batch.resource.plural]
@@ -94,12 +98,32 @@ class Publisher:
             staged.clear()
 
     def finish_load(self, rvs: Mapping[str, int], *, new_timeline: bool) -> None:
-        """Load every view with what was staged, at ``rvs`` (by plural; ``View.load`` says
-        what ``new_timeline`` does)."""
-        for plural, view in self.views.items():
-            view.load(self._staged[plural], rvs[plural], new_timeline=new_timeline)
-            self._staged[plural] = {}
+        """Load the views of ``rvs`` (by plural) with what was staged, at their RVs (``View.load``
+        says what ``new_timeline`` does); the others keep what they serve, and their stage is dropped."""
+        for plural, staged in self._staged.items():
+            if plural in rvs:
+                self.views[plural].load(staged, rvs[plural], new_timeline=new_timeline)
+            self._staged[plural] = {}  # a loaded view owns the staged dict now
+        self._alone.clear()
         self.loading = False
+
+    def start_alone(self, resource: Resource) -> None:
+        """Stage the batches of ``resource`` from now on, while the other views publish."""
+        self._alone.add(resource.plural)
+        self._staged[resource.plural] = {}
+
+    def finish_alone(self, resource: Resource, rv: int) -> None:
+        """Load the view of ``resource`` with what was staged since ``start_alone``, at ``rv``."""
+        plural = resource.plural
+        self.views[plural].load(self._staged[plural], rv)
+        self._staged[plural] = {}
+        self._alone.discard(plural)
+
+    def unload(self, resource: Resource) -> None:
+        """Empty and unsync the view of ``resource``: readers wait for its next load."""
+        self._alone.discard(resource.plural)
+        self._staged[resource.plural] = {}
+        self.views[resource.plural].clear()
 
     def clear(self) -> None:
         """Back to a new publisher's state: views empty and unsynced, loading."""

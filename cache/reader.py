@@ -9,12 +9,31 @@ keyed by ``version`` and the events' ``seq``: nothing of the front's is written 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from cache.view import Entry, Event, Expired, stamp
 from kubeapi.resources import Resource
+from kubeapi.selectors import FieldSelector
 
-__all__ = ["Entry", "Event", "Expired", "ViewReader", "stamp"]
+__all__ = ["Demand", "Entry", "Event", "Expired", "ViewReader", "stamp"]
+
+
+class Demand(Protocol):
+    """What the front tells the cache about its reads, for informers that run only while read
+    (``cache.informers.Informers`` implements it: the lazy Endpoints informer)."""
+
+    def lazy(self, resource: Resource) -> bool:
+        """Whether ``resource``'s view is loaded only while clients read it."""
+        ...
+
+    def touch(self, resource: Resource) -> None:
+        """A client asked for ``resource`` (list, get or watch): start its informer if it is not running."""
+        ...
+
+    def watching(self, resource: Resource) -> AbstractContextManager[None]:
+        """Hold ``resource``'s informer for the length of a watch (``with``)."""
+        ...
 
 
 class ViewReader(Protocol):
@@ -27,6 +46,13 @@ class ViewReader(Protocol):
 
     @property
     def resource(self) -> Resource: ...
+
+    @property
+    def scope(self) -> FieldSelector | None:
+        """The objects the view holds all of: those this field selector (equality requirements)
+        matches; None for the whole collection. A read the scope does not cover is not the
+        view's to answer (the front passes it through)."""
+        ...
 
     @property
     def rv(self) -> int:

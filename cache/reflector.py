@@ -62,7 +62,7 @@ class Reflector:
         selection: Selection = EVERYTHING,
         namespace: str | None = None,
         name: str = "",
-        jitter_first_sync: bool = False,
+        on_failed: Callable[[BaseException], None] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.client = client
@@ -72,8 +72,10 @@ class Reflector:
         # What it is called in metrics, logs and debug pages (the resource's plural by default).
         self.name = name or resource.plural
         self._path = resource.collection_path(namespace)
+        # Told of every failed request or stream (after the machine), e.g. to decide a mode on it.
+        self._on_failed = on_failed
         self.machine = ListWatch(
-            resource, sink, self.settings, selection=selection, jitter_first_sync=jitter_first_sync, clock=clock,
+            resource, sink, self.settings, selection=selection, clock=clock,
             on_regression=None if on_regression is None else (lambda had, got: on_regression(self, had, got)),
         )
 
@@ -111,6 +113,8 @@ class Reflector:
                     await self._watch(path, action)
             except Exception as exc:  # CancelledError is not an Exception: stopping stays stopping
                 machine.failed(exc)
+                if self._on_failed is not None:
+                    self._on_failed(exc)
 
     async def _watch(self, path: str, action: Watch) -> None:
         machine = self.machine

@@ -4,7 +4,15 @@ File format (one file, ``snapshot.agw``):
 
     line 1: a JSON header {"magic", "version", "node", "upstream", "created", "sha256", "size"},
             padded with spaces to a fixed slot
-    rest:   the payload, orjson of {"resources": {plural: {"rv": N, "items": [...]}}}
+    rest:   the payload, orjson of {"resources": {plural: {"rv": N, "items": [...]}},
+            "nodeLabels": {node: {label: value}}}
+
+Every resource the cache keeps is stored: Nodes, Services and EndpointSlices always, Endpoints
+when they were synced (the lazy Endpoints informer's last state stays in, even after it
+stopped), and ``nodeLabels``, the labels of the nodes the Nodes store does not hold (the node
+topology feed's: the Nodes store holds the local Node alone). Version 1 files (every Node in
+full, Endpoints always there, no ``nodeLabels``) are read too: their Nodes other than the local
+one become the feed's labels.
 
 Only raw upstream objects are stored; the filtered views are rebuilt on load, so a snapshot
 taken before a filter change still serves the current rules. Writes are atomic (write to a
@@ -31,13 +39,14 @@ from typing import Any
 import orjson
 
 from cache.cluster import ClusterCache
-from kubeapi.resources import ALL, object_key
-from kubeapi.validation import MAX_RESOURCE_VERSION, object_problem
+from kubeapi.resources import ALL, ENDPOINTS, NODES, Resource, object_key
+from kubeapi.validation import MAX_RESOURCE_VERSION, node_labels_problem, object_problem
 
 log = logging.getLogger(__name__)
 
 MAGIC = "application-grid-wrapper/snapshot"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FILENAME = "snapshot.agw"
 
 
@@ -67,14 +76,27 @@ def _header(identity: Identity, digest: str, size: int, now: float | None) -> by
     return orjson.dumps(header)
 
 
+# Resources a snapshot may lack (an Endpoints informer that never synced, or is off).
+OPTIONAL = (ENDPOINTS.plural,)
+
+
+def _kept(cache: ClusterCache) -> list[Resource]:
+    return [r for r in ALL if cache.keeps(r)]
+
+
+def _labels_part(cache: ClusterCache) -> bytes:
+    labels = cache.fed_node_labels()
+    return b',"nodeLabels":' + orjson.dumps(labels) if labels is not None else b""
+
+
 def encode(cache: ClusterCache, identity: Identity, now: float | None = None) -> bytes:
     """The whole snapshot in memory (tests and tools; the persister streams it to disk)."""
     parts = [b'{"resources":{']
-    for i, r in enumerate(ALL):
+    for i, r in enumerate(_kept(cache)):
         parts.append(b"," if i else b"")
         parts.append(orjson.dumps(r.plural) + b':{"rv":' + str(cache.upstream_rv(r)).encode() + b',"items":[')
         parts.append(b",".join(cache.raw_items(r)) + b"]}")
-    payload = b"".join(parts) + b"}}"
+    payload = b"".join(parts) + b"}" + _labels_part(cache) + b"}"
     return _header(identity, hashlib.sha256(payload).hexdigest(), len(payload), now) + b"\n" + payload
 
 
@@ -139,7 +161,8 @@ async def write_cooperatively(cache: ClusterCache, identity: Identity, path: Pat
     one instant, so the snapshot is consistent: the cache replaces stored bytes on change and
     never mutates them.
     """
-    state = [(r.plural, cache.upstream_rv(r), cache.raw_items(r)) for r in ALL]
+    state = [(r.plural, cache.upstream_rv(r), cache.raw_items(r)) for r in _kept(cache)]
+    labels = _labels_part(cache)
     out = _SnapshotFile(path)
     try:
         out.write(b'{"resources":{')
@@ -151,7 +174,7 @@ async def write_cooperatively(cache: ClusterCache, identity: Identity, path: Pat
                 out.write(b",".join(items[start:start + WRITE_BATCH]))
                 await asyncio.sleep(0)
             out.write(b"]}" + (b"," if i < len(state) - 1 else b""))
-        out.write(b"}}")
+        out.write(b"}" + labels + b"}")
         await asyncio.to_thread(out.commit, identity)
     except BaseException:
         out.discard()
@@ -171,8 +194,9 @@ def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, A
         raise SnapshotError("header is not JSON") from None
     if not isinstance(header, dict) or header.get("magic") != MAGIC:
         raise SnapshotError("not an application-grid-wrapper snapshot")
-    if header.get("version") != VERSION:
-        raise SnapshotError(f"snapshot format version {header.get('version')!r}, this build reads {VERSION}")
+    version = header.get("version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise SnapshotError(f"snapshot format version {version!r}, this build reads {READABLE_VERSIONS}")
     if header.get("size") != len(payload) or header.get("sha256") != hashlib.sha256(payload).hexdigest():
         raise SnapshotError("checksum mismatch: the file is truncated or corrupt")
     if header.get("node") != identity.node:
@@ -187,12 +211,18 @@ def decode(data: bytes, identity: Identity) -> tuple[dict[str, Any], dict[str, A
         body = orjson.loads(payload)
         resources = body["resources"]
         for r in ALL:
+            if r.plural in OPTIONAL and r.plural not in resources and version != 1:
+                continue
             entry = resources[r.plural]
             if not isinstance(entry["rv"], int) or not isinstance(entry["items"], list):
                 raise TypeError(r.plural)
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise SnapshotError(f"payload is malformed ({exc})") from None
+    if "nodeLabels" in body and (problem := node_labels_problem(body["nodeLabels"])) is not None:
+        raise SnapshotError(f"payload is malformed (nodeLabels: {problem[:200]})")
     for r in ALL:
+        if r.plural not in resources:
+            continue
         entry = resources[r.plural]
         if isinstance(entry["rv"], bool) or not 0 <= entry["rv"] <= MAX_RESOURCE_VERSION:
             raise SnapshotError(f"payload is malformed ({r.plural}: resourceVersion {entry['rv']!r})")
@@ -228,20 +258,36 @@ def restore(cache: ClusterCache, directory: Path, identity: Identity) -> bool:
     except SnapshotError as exc:
         log.warning("cache snapshot %s ignored: %s", path, exc)
         return False
+    resources = body["resources"]
+    labels = body.get("nodeLabels")
+    nodes = resources[NODES.plural]
+    if labels is None and cache.label_feed:
+        # Every Node in full (a version 1 file): the local one for the Nodes store, the others' labels.
+        labels = {o["metadata"]["name"]: o["metadata"].get("labels") or {} for o in nodes["items"]
+                  if o["metadata"]["name"] != identity.node}
+        nodes["items"] = [o for o in nodes["items"] if o["metadata"]["name"] == identity.node]
     try:
         for r in ALL:
-            entry = body["resources"][r.plural]
-            cache.replace(r, entry["items"], entry["rv"])
+            if r.plural in resources:
+                entry = resources[r.plural]
+                cache.replace(r, entry["items"], entry["rv"])
+        if labels is not None:
+            cache.replace_node_labels(labels, 0)
     except Exception:
         # Every item passed the checks the cache relies on, so this is a bug; still, a bug in
         # reading a file must not stop a wrapper that can sync from the apiserver.
         log.exception("cache snapshot %s ignored: loading it failed", path)
         cache.clear()
         return False
+    if not cache.ready:
+        missing = [r.plural for r in ALL if r.plural not in resources] + (["nodeLabels"] if labels is None else [])
+        log.warning("cache snapshot %s ignored: it lacks what this wrapper needs (%s)", path, ", ".join(missing))
+        cache.clear()
+        return False
     log.info("serving from cache snapshot %s taken %.0fs ago (%d objects) until the apiserver answers",
              path, max(time.time() - float(header.get("created", 0)), 0.0),
-             sum(len(body["resources"][r.plural]["items"]) for r in ALL))
-    return cache.ready
+             sum(len(entry["items"]) for entry in resources.values()))
+    return True
 
 
 class Persister:

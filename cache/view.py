@@ -34,6 +34,7 @@ import orjson
 
 from kubeapi.resources import Resource, object_key
 from kubeapi.rv import rv_of
+from kubeapi.selectors import FieldSelector
 from kubeapi.types import JSONDict
 
 
@@ -154,9 +155,12 @@ class View:
 
     def __init__(
         self, resource: Resource, *, max_events: int = 20000, budget: HistoryBudget | None = None,
-        wake_interval: float = DEFAULT_WAKE_INTERVAL,
+        wake_interval: float = DEFAULT_WAKE_INTERVAL, scope: FieldSelector | None = None,
     ) -> None:
         self.resource = resource
+        # The objects this view holds all of (None: the whole collection), as its upstream
+        # reflector selects them (ClusterCache's ``scopes``).
+        self.scope = scope
         self.objects: dict[str, Entry] = {}
         self.rv = 0
         self.synced = False

@@ -79,6 +79,12 @@ class FieldSelector:
     def matches(self, obj: Mapping[str, Any]) -> bool:
         return all((field_value(obj, r.field) == r.value) == r.equal for r in self.requirements)
 
+    def implies(self, other: FieldSelector) -> bool:
+        """Whether every object this selector matches matches ``other`` too: here, when each of
+        ``other``'s requirements is one of this selector's (sufficient, and all a scope needs)."""
+        mine = set(self.requirements)
+        return all(r in mine for r in other.requirements)
+
 
 def field_value(obj: Mapping[str, Any], path: str) -> str:
     """The string value of a dotted field; a missing field reads as "" (as the apiserver's field sets do)."""

@@ -218,6 +218,20 @@ def object_problem(resource: Resource, obj: object) -> str | None:
     return _metadata_problem(resource, obj) or _BY_KIND.get(resource.kind, _nothing_more)(obj)
 
 
+def node_labels_problem(value: object) -> str | None:
+    """Why ``value`` is not a map of node name -> labels (as persisted for the node topology feed), or None."""
+    if not isinstance(value, dict):
+        return f"node labels are {_kind_of(value)}, not an object"
+    for name, labels in value.items():
+        if problem := _name_problem(name, "a node name", MAX_NAME, _SUBDOMAIN):
+            return problem
+        if labels is None:
+            return f"node {name}'s labels are null"
+        if problem := _string_map_problem(labels, f"node {name}'s labels"):
+            return problem
+    return None
+
+
 def valid_object(resource: Resource, obj: object) -> bool:
     return object_problem(resource, obj) is None
 

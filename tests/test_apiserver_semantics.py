@@ -30,6 +30,15 @@ from wrapper.serving import ServeSettings
 
 PROTOBUF_ACCEPT = "application/vnd.kubernetes.protobuf, */*"
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+# The collection these tests read on both sides: one the wrapper serves whole (it holds the local
+# Node alone, so a list of every Node passes through), and one of its objects.
+SVC_PATH = SERVICES.collection_path()
+PLAIN = SERVICES.object_path("plain-svc", "default")
+
+
+def touch(st: Stack, label: str, value: str) -> None:
+    """A change the served collection's watchers see: a label on default/plain-svc."""
+    st.sim.patch_labels(SERVICES, "default", "plain-svc", {label: value})
 
 
 @pytest.fixture
@@ -79,9 +88,9 @@ async def test_a_watch_without_a_client_timeout_stays_open_under_the_servers_own
             params = {"watch": "true", "resourceVersion": str(pair.sim.rv)}
             if timeout is not None:
                 params["timeoutSeconds"] = timeout
-            async with s.get(url + NODES.collection_path(), params=params) as resp:
+            async with s.get(url + SVC_PATH, params=params) as resp:
                 assert resp.status == 200, side
-                pair.sim.patch_labels(NODES, None, "gz-3", {"touched": side})
+                touch(pair, "touched", side)
                 ev = await next_event(resp)
             # "0" ended the wrapper's watch at once, before any event.
             assert ev is not None and ev["type"] == "MODIFIED", (side, ev)
@@ -123,7 +132,7 @@ async def test_integers_that_are_not_ascii_digits_in_range_get_the_same_400_ever
 async def test_signs_and_ranges_follow_parse_int_and_parse_uint(pair: Stack, param: str, value: str,
                                                                code: int) -> None:
     for side, url in sides(pair):
-        got, _, doc = await fetch(url + NODES.collection_path(), {param: value})
+        got, _, doc = await fetch(url + SVC_PATH, {param: value})
         assert got == code, (side, doc)
 
 
@@ -131,12 +140,12 @@ async def test_signs_and_ranges_follow_parse_int_and_parse_uint(pair: Stack, par
 async def test_label_selector_comparisons_take_only_ascii_integers(pair: Stack, selector: str) -> None:
     answers = []
     for side, url in sides(pair):
-        code, _, doc = await fetch(url + NODES.collection_path(), {"labelSelector": selector})
+        code, _, doc = await fetch(url + SVC_PATH, {"labelSelector": selector})
         assert code == 400, (side, doc)
         assert_status(doc, 400, "BadRequest")
         answers.append(doc)
     assert answers[0] == answers[1]
-    code, _, doc = await fetch(pair.wrapper.url + NODES.collection_path(), {"labelSelector": "x>10"})
+    code, _, doc = await fetch(pair.wrapper.url + SVC_PATH, {"labelSelector": "x>10"})
     assert code == 200 and doc["items"] == []
 
 
@@ -215,9 +224,9 @@ async def test_send_initial_events_false_never_replays_the_state(pair: Stack, rv
                       "allowWatchBookmarks": "true"}
             if rv != "unset":
                 params["resourceVersion"] = "0" if rv == "0" else str(pair.sim.rv)
-            async with s.get(url + NODES.collection_path(), params=params) as resp:
+            async with s.get(url + SVC_PATH, params=params) as resp:
                 assert resp.status == 200, (side, await resp.text())
-                pair.sim.patch_labels(NODES, None, "bj-3", {"seen-by": f"{side}-{rv}"})
+                touch(pair, "seen-by", f"{side}-{rv}")
                 first: dict[str, Any] | None = None
                 while first is None or first["type"] == "BOOKMARK":
                     first = await next_event(resp, skip_bookmarks=False)
@@ -235,8 +244,7 @@ async def test_an_exact_list_at_a_future_resource_version_is_the_same_504_everyw
     rv = pair.sim.rv + 1000
     answers = []
     for side, url in sides(pair):
-        code, _, doc = await fetch(url + NODES.collection_path(),
-                                   {"resourceVersion": str(rv), "resourceVersionMatch": "Exact"})
+        code, _, doc = await fetch(url + SVC_PATH, {"resourceVersion": str(rv), "resourceVersionMatch": "Exact"})
         assert code == 504, (side, doc)
         assert_status(doc, 504, "Timeout")
         assert doc["details"]["causes"][0]["type"] == "ResourceVersionTooLarge"
@@ -251,19 +259,18 @@ async def test_an_exact_list_at_an_unavailable_older_resource_version_is_the_sam
     pair: Stack,
 ) -> None:
     old = pair.sim.rv
-    pair.sim.patch_labels(NODES, None, "gz-2", {"later": "yes"})
+    touch(pair, "later", "yes")
     pair.sim.compact()
     await wait_caught_up(pair.wrapper, pair.sim)
     answers = []
     for side, url in sides(pair):
-        code, _, doc = await fetch(url + NODES.collection_path(),
-                                   {"resourceVersion": str(old), "resourceVersionMatch": "Exact"})
+        code, _, doc = await fetch(url + SVC_PATH, {"resourceVersion": str(old), "resourceVersionMatch": "Exact"})
         assert code == 410, (side, doc)
         assert_status(doc, 410, "Expired")
         answers.append(doc)
     assert answers[0] == answers[1]
     # At exactly the current resourceVersion the wrapper has it.
-    code, _, doc = await fetch(pair.wrapper.url + NODES.collection_path(),
+    code, _, doc = await fetch(pair.wrapper.url + SVC_PATH,
                                {"resourceVersion": str(pair.sim.rv), "resourceVersionMatch": "Exact"})
     assert code == 200 and doc["metadata"]["resourceVersion"] == str(pair.sim.rv)
 
@@ -287,9 +294,8 @@ ACCEPTABLE = ["*/*", "application/*", "application/json", PROTOBUF_ACCEPT, "appl
 
 
 def _requests(st: Stack) -> list[tuple[str, str, dict[str, str]]]:
-    return [("list", NODES.collection_path(), {}), ("get", NODES.collection_path() + "/bj-1", {}),
-            ("watch", NODES.collection_path(), {"watch": "true", "resourceVersion": str(st.sim.rv),
-                                                "timeoutSeconds": "1"})]
+    return [("list", SVC_PATH, {}), ("get", PLAIN, {}),
+            ("watch", SVC_PATH, {"watch": "true", "resourceVersion": str(st.sim.rv), "timeoutSeconds": "1"})]
 
 
 @pytest.mark.parametrize("accept", NOT_ACCEPTABLE)
@@ -308,15 +314,15 @@ async def test_an_accept_that_cannot_be_produced_is_a_406_for_list_get_and_watch
 @pytest.mark.parametrize("accept", ACCEPTABLE)
 async def test_accepts_that_allow_json_keep_working_for_list_get_and_watch(pair: Stack, accept: str) -> None:
     h = {"Accept": accept}
-    code, headers, doc = await fetch(pair.wrapper.url + NODES.collection_path(), headers=h)
-    assert code == 200 and headers["Content-Type"] == "application/json" and doc["kind"] == "NodeList"
-    code, _, doc = await fetch(pair.wrapper.url + NODES.collection_path() + "/bj-1", headers=h)
-    assert code == 200 and doc["kind"] == "Node"
-    async with aiohttp.ClientSession() as s, s.get(pair.wrapper.url + NODES.collection_path(),
+    code, headers, doc = await fetch(pair.wrapper.url + SVC_PATH, headers=h)
+    assert code == 200 and headers["Content-Type"] == "application/json" and doc["kind"] == "ServiceList"
+    code, _, doc = await fetch(pair.wrapper.url + PLAIN, headers=h)
+    assert code == 200 and doc["kind"] == "Service"
+    async with aiohttp.ClientSession() as s, s.get(pair.wrapper.url + SVC_PATH,
                                                    params={"watch": "true"}, headers=h) as resp:
         assert resp.status == 200
         ev = await next_event(resp)
-        assert ev is not None and ev["type"] == "ADDED" and ev["object"]["kind"] == "Node"
+        assert ev is not None and ev["type"] == "ADDED" and ev["object"]["kind"] == "Service"
 
 
 def test_negotiation_picks_the_best_usable_clause() -> None:
@@ -340,17 +346,22 @@ METADATA_ONE = ("application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=
                 "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v={v},application/json")
 
 
+# The local Node (what kube-proxy reads of Nodes, and all the wrapper holds of them) and the Services.
+LOCAL_NODE_ONLY = {"fieldSelector": "metadata.name=bj-1"}
+
+
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])
-@pytest.mark.parametrize("resource", [NODES, SERVICES], ids=lambda r: r.plural)
+@pytest.mark.parametrize(("resource", "params"), [(NODES, LOCAL_NODE_ONLY), (SERVICES, {})],
+                         ids=["local-node", "services"])
 async def test_metadata_lists_and_gets_are_partial_object_metadata_as_the_apiserver_shapes_them(
-    pair: Stack, resource: Resource, version: str
+    pair: Stack, resource: Resource, params: dict[str, str], version: str
 ) -> None:
     api_version = f"meta.k8s.io/{version}"
-    code, _, full = await fetch(pair.wrapper.url + resource.collection_path())
+    code, _, full = await fetch(pair.wrapper.url + resource.collection_path(), params)
     assert code == 200
     answers = []
     for side, url in sides(pair):
-        code, headers, doc = await fetch(url + resource.collection_path(),
+        code, headers, doc = await fetch(url + resource.collection_path(), params,
                                          headers={"Accept": METADATA_LIST.format(v=version)})
         assert code == 200 and headers["Content-Type"] == "application/json", (side, doc)
         assert doc["kind"] == "PartialObjectMetadataList" and doc["apiVersion"] == api_version
@@ -380,9 +391,10 @@ async def test_an_empty_metadata_list_has_null_items_as_the_apiservers(pair: Sta
 async def test_the_list_form_of_one_object_and_the_object_form_of_a_list_are_406(pair: Stack) -> None:
     one = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
     many = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-    cases = [(NODES.collection_path(), {}, one, "*core.NodeList"),
+    cases = [(NODES.collection_path(), LOCAL_NODE_ONLY, one, "*core.NodeList"),
              (NODES.collection_path() + "/bj-1", {}, many, "*core.Node"),
-             (NODES.collection_path(), {"watch": "true"}, many, "*core.Node")]
+             (NODES.collection_path(), {**LOCAL_NODE_ONLY, "watch": "true"}, many, "*core.Node"),
+             (SVC_PATH, {}, one, "*core.ServiceList")]
     for path, params, accept, go_type in cases:
         answers = []
         for side, url in sides(pair):
@@ -394,6 +406,10 @@ async def test_the_list_form_of_one_object_and_the_object_form_of_a_list_are_406
         assert answers[0] == answers[1]
 
 
+def _key(obj: JSONDict) -> tuple[str, str]:
+    return obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
 def _partial(obj: JSONDict, api_version: str = "meta.k8s.io/v1") -> JSONDict:
     return {"kind": "PartialObjectMetadata", "apiVersion": api_version, "metadata": obj["metadata"]}
 
@@ -402,11 +418,11 @@ async def test_a_metadata_watch_sends_partial_object_metadata_for_every_event_an
     params = {"watch": "true", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan",
               "allowWatchBookmarks": "true"}
     headers = {"Accept": METADATA_ONE.format(v="v1")}
-    nodes = pair.sim.list(NODES)
+    services = pair.sim.list(SERVICES)
     streams: dict[str, list[dict[str, Any]]] = {}
     async with aiohttp.ClientSession() as s:
         for side, url in sides(pair):
-            async with s.get(url + NODES.collection_path(), params=params, headers=headers) as resp:
+            async with s.get(url + SVC_PATH, params=params, headers=headers) as resp:
                 assert resp.status == 200, side
                 events = []
                 while True:  # the state, then the bookmark that ends it
@@ -416,14 +432,14 @@ async def test_a_metadata_watch_sends_partial_object_metadata_for_every_event_an
                     if ev["type"] == "BOOKMARK" and INITIAL_EVENTS_END in (
                             ev["object"]["metadata"].get("annotations") or {}):
                         break
-                pair.sim.patch_labels(NODES, None, "gz-2", {"metadata-watch": side})
+                touch(pair, "metadata-watch", side)
                 change = await next_event(resp)
                 assert change is not None
                 events.append(change)
             streams[side] = events
             state = [e for e in events if e["type"] == "ADDED"]
-            assert sorted((e["object"] for e in state), key=lambda o: o["metadata"]["name"]) == \
-                [_partial(n) for n in sorted(nodes, key=lambda o: o["metadata"]["name"])], side
+            want = [_partial(o) for o in sorted(services, key=_key)]
+            assert sorted((e["object"] for e in state), key=_key) == want, side
             end = next(e for e in events if e["type"] == "BOOKMARK" and INITIAL_EVENTS_END in
                        (e["object"]["metadata"].get("annotations") or {}))
             assert end["object"]["kind"] == "PartialObjectMetadata", side
@@ -432,7 +448,7 @@ async def test_a_metadata_watch_sends_partial_object_metadata_for_every_event_an
             assert change["object"]["apiVersion"] == "meta.k8s.io/v1"
             assert change["object"]["metadata"]["labels"]["metadata-watch"] == side
             assert set(change["object"]) == {"kind", "apiVersion", "metadata"}
-            nodes = pair.sim.list(NODES)
+            services = pair.sim.list(SERVICES)
             await wait_caught_up(pair.wrapper, pair.sim)
 
 

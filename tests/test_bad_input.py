@@ -67,10 +67,10 @@ async def test_malformed_list_options_get_a_status_with_the_right_code_and_leave
 
 async def test_a_huge_timeout_seconds_is_capped_and_one_past_int64_is_a_400(wrapper: Running) -> None:
     # Past int64 Go's strconv.ParseInt fails ("value out of range"): the apiserver answers 400.
-    status, body = await call("GET", wrapper.url + NODES.collection_path(),
+    status, body = await call("GET", wrapper.url + SERVICES.collection_path(),
                               params={"timeoutSeconds": "99999999999999999999"})
     assert status == 400 and "value out of range" in orjson.loads(body)["message"]
-    async with aiohttp.ClientSession() as s, s.get(wrapper.url + NODES.collection_path(),
+    async with aiohttp.ClientSession() as s, s.get(wrapper.url + SERVICES.collection_path(),
                                                    params={"watch": "1", "timeoutSeconds": "99999999999"}) as resp:
         assert resp.status == 200
         first = orjson.loads(await resp.content.readline())
@@ -122,7 +122,7 @@ async def test_oversized_headers_get_400_or_431_without_a_traceback_in_the_answe
     wrapper: Running, headers: dict[str, str]
 ) -> None:
     before = cache_fingerprint(wrapper)
-    status, body = await call("GET", wrapper.url + NODES.collection_path(), headers=headers)
+    status, body = await call("GET", wrapper.url + SERVICES.collection_path(), headers=headers)
     assert status in (400, 431)
     assert b"Traceback" not in body and b'File "' not in body
     assert cache_fingerprint(wrapper) == before
@@ -134,7 +134,7 @@ async def test_oversized_headers_are_not_logged_with_a_traceback(
     wrapper: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    status, _ = await call("GET", wrapper.url + NODES.collection_path(), headers={"X-Big": "a" * 20000})
+    status, _ = await call("GET", wrapper.url + SERVICES.collection_path(), headers={"X-Big": "a" * 20000})
     assert status in (400, 431)
     with_tb = [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
     assert with_tb == [], [f"{r.name}: {r.getMessage()}" for r in with_tb]

@@ -131,9 +131,9 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(si
             sock.close()
         assert not data.endswith(b"0\r\n\r\n")  # aborted, not a clean end
         assert (await get_text(w.url + "/readyz"))[0] == 200
-        other = await open_watch(w.url, NODES)
+        other = await open_watch(w.url, SERVICES)
         try:
-            await wait_for(lambda: len(other.events) == 4, 5, "a new watch to be served")
+            await wait_for(lambda: len(other.events) == 3, 5, "a new watch to be served")
         finally:
             await other.stop()
 
@@ -215,7 +215,7 @@ async def test_sigterm_ends_open_watches_cleanly_and_the_process_exits_zero(sim:
             await asyncio.sleep(0.05)
         assert proc.returncode is None and await ready(), "the wrapper never became ready"
         async with aiohttp.ClientSession() as session:
-            async with session.get(url + NODES.collection_path(), params={"watch": "true"}) as resp:
+            async with session.get(url + SERVICES.collection_path(), params={"watch": "true"}) as resp:
                 assert resp.status == 200
                 first = orjson.loads(await asyncio.wait_for(resp.content.readline(), 10))
                 assert first["type"] == "ADDED"

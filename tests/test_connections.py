@@ -21,7 +21,7 @@ from wrapper.options import build_demo_parser, build_parser
 
 SHORT = 0.3
 LONG = 120.0  # longer than any test runs: a timeout that must not be what closed the connection
-NODES = b"GET /api/v1/nodes HTTP/1.1\r\nHost: wrapper\r\n\r\n"
+NODES = b"GET /api/v1/services HTTP/1.1\r\nHost: wrapper\r\n\r\n"  # a list served from the cache
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -91,7 +91,7 @@ async def closed_by_server(reader: asyncio.StreamReader, *, keep_sending: Callab
 async def test_a_client_that_trickles_its_first_request_headers_is_closed(sim: Simulator) -> None:
     async with wrapper_with(sim, ConnectionLimits(header_timeout=SHORT, idle_timeout=LONG)) as running:
         reader, writer = await connect(running)
-        writer.write(b"GET /api/v1/nodes HTTP/1.1\r\nHost: wrapper\r\nX-Slow: ")
+        writer.write(b"GET /api/v1/services HTTP/1.1\r\nHost: wrapper\r\nX-Slow: ")
 
         async def one_more_byte() -> None:
             writer.write(b"x")
@@ -110,7 +110,7 @@ async def test_a_keep_alive_client_that_trickles_its_next_request_is_closed(sim:
             writer.write(NODES)
             code, _, _ = await read_response(reader)
             assert code == 200
-            writer.write(b"GET /api/v1/nodes HTTP/1.1\r\nX-Slow: ")
+            writer.write(b"GET /api/v1/services HTTP/1.1\r\nX-Slow: ")
 
             async def one_more_byte() -> None:
                 writer.write(b"x")
@@ -127,7 +127,7 @@ async def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not(sim
         watch_reader, watch_writer = await connect(running)
         try:
             # A watch in progress is neither idle nor slow: it outlives the idle connection below.
-            watch_writer.write(b"GET /api/v1/nodes?watch=1&allowWatchBookmarks=true HTTP/1.1\r\nHost: w\r\n\r\n")
+            watch_writer.write(b"GET /api/v1/services?watch=1&allowWatchBookmarks=true HTTP/1.1\r\nHost: w\r\n\r\n")
             head = await asyncio.wait_for(watch_reader.readuntil(b"\r\n\r\n"), 10)
             assert head.startswith(b"HTTP/1.1 200")
             writer.write(NODES)
@@ -188,7 +188,7 @@ async def test_a_half_closed_client_still_gets_its_answer(sim: Simulator) -> Non
                 writer.write(request)
                 writer.write_eof()  # shutdown(SHUT_WR): the request is all the client will send
                 code, _, body = await read_response(reader)
-                assert code == 200 and orjson.loads(body)["kind"] in ("NodeList", "APIVersions")
+                assert code == 200 and orjson.loads(body)["kind"] in ("ServiceList", "APIVersions")
                 assert await closed_by_server(reader)  # and the connection ends with the answer
             finally:
                 writer.close()

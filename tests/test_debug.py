@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from apisim.server import Simulator
-from kubeapi.resources import ENDPOINTSLICES, NODES
+from kubeapi.resources import ENDPOINTSLICES, NODES, SERVICES
 from wrapper.compose import Running
 from wrapper.logs import JSONFormatter
 
@@ -85,7 +85,9 @@ async def test_cache_page_shows_counts_versions_and_watch_backlog(wrapper: Runni
     doc = json.loads(body)
     assert code == 200 and doc["ready"] is True and doc["localNode"] == "bj-1"
     nodes = doc["resources"]["nodes"]
-    assert nodes["objects"] == 4 and nodes["synced"] is True and int(nodes["resourceVersion"]) > 0
+    # The Nodes view holds the local Node alone; the others' labels come from the node topology feed.
+    assert nodes["objects"] == 1 and nodes["synced"] is True and int(nodes["resourceVersion"]) > 0
+    assert doc["nodeTopology"]["mode"] == "nodes" and doc["nodeTopology"]["requested"] == "auto"
     assert nodes["upstream"]["connected"] is True
     [w] = doc["resources"]["endpointslices"]["watches"]
     assert w["backlog"] == 0 and w["eventsSent"] >= 1
@@ -127,19 +129,22 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_metrics_expose_requests_state_topology_and_process(wrapper: Running, sim: Simulator) -> None:
-    await fetch(f"{wrapper.url}{NODES.collection_path()}")
+    await fetch(f"{wrapper.url}{SERVICES.collection_path()}")
     sim.patch(NODES, None, "gz-2", {"metadata": {"labels": {"location": "beijing"}}})
+    sim.patch(NODES, None, "bj-1", {"metadata": {"labels": {"debug": "yes"}}})
     for _ in range(100):
         _, ctype, text = await fetch(f"{wrapper.debug_url}/metrics")
-        if metric(text, "application_grid_wrapper_topology_endpoints", decision="kept") == 3:
+        if (metric(text, "application_grid_wrapper_topology_endpoints", decision="kept") == 3
+                and metric(text, "application_grid_wrapper_upstream_events_total", resource="nodes") >= 1):
             break
         await asyncio.sleep(0.05)
     assert ctype.startswith("text/plain")
     p = "application_grid_wrapper"
-    assert metric(text, f"{p}_requests_total", verb="list", resource="nodes", code="200") >= 1
-    assert metric(text, f"{p}_request_duration_seconds_count", verb="list", resource="nodes") >= 1
+    assert metric(text, f"{p}_requests_total", verb="list", resource="services", code="200") >= 1
+    assert metric(text, f"{p}_request_duration_seconds_count", verb="list", resource="services") >= 1
     assert metric(text, f"{p}_upstream_connected", resource="nodes") == 1
-    assert metric(text, f"{p}_cache_objects", resource="nodes") == 4
+    assert metric(text, f"{p}_cache_objects", resource="nodes") == 1  # the local Node
+    assert metric(text, f"{p}_upstream_connected", resource="node-labels") == 1  # the others' metadata
     assert metric(text, f"{p}_topology_endpoints", decision="dropped") == 1
     assert metric(text, f"{p}_refilter_runs_total") >= 1
     assert metric(text, f"{p}_upstream_events_total", resource="nodes") >= 1

@@ -97,7 +97,7 @@ async def test_demo_answers_a_client_that_half_closes_under_uvloop(demo: tuple[s
     """The demo runs on uvloop, as the wrapper does: a request followed by shutdown(SHUT_WR) is answered."""
     wrapper, _, _ = demo
     host, port = wrapper.removeprefix("http://").rsplit(":", 1)
-    for path in ("/api/v1/nodes", "/api"):  # from the cache, and passed through
+    for path in ("/api/v1/services", "/api"):  # from the cache, and passed through
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: demo\r\n\r\n".encode())
@@ -106,4 +106,4 @@ async def test_demo_answers_a_client_that_half_closes_under_uvloop(demo: tuple[s
         finally:
             writer.close()
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-        assert b'"kind":"NodeList"' in answer or b'"kind":"APIVersions"' in answer
+        assert b'"kind":"ServiceList"' in answer or b'"kind":"APIVersions"' in answer

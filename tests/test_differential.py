@@ -26,11 +26,14 @@ from tests.support.stack import Stack, stack, wait_caught_up
 LOCAL = "node-00000"
 Request = tuple[Resource, str | None, str, str]  # resource, namespace, labelSelector, fieldSelector
 
+ONLY_LOCAL = f"metadata.name={LOCAL}"
 REQUESTS: list[Request] = [
-    (NODES, None, "", ""),
-    (NODES, None, "location=unit-01", ""),
-    (NODES, None, "", "metadata.name=node-00003"),
-    (NODES, None, "location in (unit-00,unit-02),!nothing", ""),
+    # The wrapper holds the local Node alone: what kube-proxy asks of Nodes (any other Node read
+    # passes through to the apiserver, tests/test_node_reads.py).
+    (NODES, None, "", ONLY_LOCAL),
+    (NODES, None, "location", ONLY_LOCAL),
+    (NODES, None, "", f"{ONLY_LOCAL},metadata.name!=node-00003"),
+    (NODES, None, "location in (unit-00,unit-01,unit-02),!nothing", ONLY_LOCAL),
     (SERVICES, None, "", ""),
     (SERVICES, "ns-01", "", ""),
     (SERVICES, None, PROXY_LABELS, "spec.clusterIP!=None"),
@@ -145,7 +148,7 @@ async def test_lists_and_gets_equal_the_simulators_for_every_resource_namespace_
                 assert got == want, (res.plural, ns, params)
             assert want["items"] or (res, label) == (SERVICES, "tier=web"), (res.plural, ns, label, field)
         for res in (NODES, SERVICES, ENDPOINTSLICES, ENDPOINTS):
-            for obj in sim.list(res)[:5]:
+            for obj in sim.list(res, field_selector=ONLY_LOCAL if res is NODES else "")[:5]:
                 meta = obj["metadata"]
                 path = f"{res.collection_path(meta.get('namespace'))}/{meta['name']}"
                 code_w, got = await get(s, w.url + path, {})
@@ -265,7 +268,7 @@ async def test_watches_with_initial_state_send_the_same_objects_and_then_the_sam
 async def test_after_a_forced_upstream_relist_lists_still_equal_the_simulators(pair: Stack) -> None:
     sim, w = pair.sim, pair.wrapper
     sim.pause_watches()
-    sim.patch_labels(NODES, None, "node-00001", {"location": "unit-02"})
+    sim.patch_labels(NODES, None, LOCAL, {"location": "unit-02"})
     sim.create(NODES, node("after-pause", "192.168.88.8"))  # a later change: the list RV moves past the patch
     sim.compact()
     sim.close_watches()
@@ -276,13 +279,13 @@ async def test_after_a_forced_upstream_relist_lists_still_equal_the_simulators(p
         await asyncio.sleep(0.05)
     assert w.informers.reflectors["nodes"].state.relists >= 1
     await wait_caught_up(w, sim)
-    path = NODES.collection_path() + "/node-00001"
+    path = NODES.collection_path() + f"/{LOCAL}"
     async with aiohttp.ClientSession() as s:
         _, got = await get(s, w.url + path, {})
         # What a client does next with what it read: an update with that resourceVersion.
         async with s.put(sim.url + path, data=orjson.dumps(got), headers={"Content-Type": "application/json"}) as r:
             put_status = r.status
-        _, listed_w = await get(s, w.url + NODES.collection_path(), {})
-        _, listed_s = await get(s, sim.url + NODES.collection_path(), {})
+        _, listed_w = await get(s, w.url + NODES.collection_path(), {"fieldSelector": ONLY_LOCAL})
+        _, listed_s = await get(s, sim.url + NODES.collection_path(), {"fieldSelector": ONLY_LOCAL})
     assert put_status == 200, f"update with the resourceVersion read through the wrapper: HTTP {put_status}"
     assert listed_w == listed_s

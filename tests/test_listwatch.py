@@ -830,7 +830,8 @@ def test_every_relist_waits_a_random_part_of_the_jitter_window_and_the_first_syn
     m.list_page(page(10, "a"))
     m.failed(http_error(410, status(410, "Expired", "too old")))
     assert m.next_action() == Sleep(6.0) and (0.0, 8.0) in rng.uniforms
-    restored = ListWatch(NODES, RecordingSink(), jittered, clock=clock, rng=FakeRandom(0.5), jitter_first_sync=True)
+    restored = ListWatch(NODES, RecordingSink(), jittered, clock=clock, rng=FakeRandom(0.5))
+    restored.spread()
     assert restored.next_action() == Sleep(4.0), "a wrapper that already serves a snapshot spreads its first sync"
     # A lost connection is not a relist: the watch resumes after its back-off alone.
     m.next_action()

@@ -83,10 +83,10 @@ async def test_the_default_too_large_wait_lets_a_slightly_early_client_through(w
 
     async def change_soon() -> None:
         await asyncio.sleep(0.2)
-        sim.patch_labels(NODES, None, "gz-3", {"touched": "yes"})
+        sim.patch_labels(SERVICES, "default", "plain-svc", {"touched": "yes"})
 
     task = asyncio.create_task(change_soon())
-    code, _, doc = await fetch(wrapper.url + NODES.collection_path(), {"resourceVersion": str(target)})
+    code, _, doc = await fetch(wrapper.url + SERVICES.collection_path(), {"resourceVersion": str(target)})
     await task
     assert code == 200 and int(doc["metadata"]["resourceVersion"]) >= target
 
@@ -201,7 +201,7 @@ async def test_large_lists_are_gzipped_small_ones_and_watches_never(big: Stack) 
     code, headers, body = await _raw(url + SLICES, {}, {"Accept-Encoding": "identity"})
     assert code == 200 and "Content-Encoding" not in headers and len(orjson.loads(body)["items"]) == 600
     # A small list (one node): plain even though gzip is accepted.
-    code, headers, body = await _raw(url + NODES.collection_path(), {"fieldSelector": "metadata.name=node-00001"},
+    code, headers, body = await _raw(url + NODES.collection_path(), {"fieldSelector": "metadata.name=node-00000"},
                                      gz)
     assert code == 200 and "Content-Encoding" not in headers and len(orjson.loads(body)["items"]) == 1
     # A watch whose initial state is far over 128 KiB: never compressed.
@@ -222,7 +222,7 @@ async def test_several_requests_reuse_one_keep_alive_connection(wrapper: Running
     local_ports: set[int] = set()
     paths = [SLICES, NODES.collection_path() + "/bj-1", SERVICES.collection_path("default"),
              SLICES + "?labelSelector=kubernetes.io%2Fservice-name%3Dplain-svc", "/version",
-             NODES.collection_path() + "/nope", SLICES + "?resourceVersion=abc"]
+             SERVICES.collection_path("default") + "/nope", SLICES + "?resourceVersion=abc"]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), trace_configs=[trace]) as s:
         for path in paths:
             async with s.get(wrapper.url + path) as resp:

@@ -57,9 +57,9 @@ def client_context(ca: trustme.CA, *, with_cert: bool, other_ca: bool = False) -
 async def test_mutual_tls_serves_a_client_with_a_certificate_from_the_ca(mtls_wrapper: Running, ca: trustme.CA) -> None:
     assert mtls_wrapper.url.startswith("https://")
     ctx = client_context(ca, with_cert=True)
-    async with aiohttp.ClientSession() as s, s.get(f"{mtls_wrapper.url}/api/v1/nodes", ssl=ctx) as resp:
+    async with aiohttp.ClientSession() as s, s.get(f"{mtls_wrapper.url}/api/v1/services", ssl=ctx) as resp:
         assert resp.status == 200
-        assert (await resp.json())["kind"] == "NodeList"
+        assert (await resp.json())["kind"] == "ServiceList"
 
 
 @pytest.mark.parametrize("other_ca", [False, True], ids=["no-certificate", "certificate-from-another-ca"])

@@ -10,11 +10,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from cache.apiclient import ApiClient
-from cache.reader import ViewReader
+from cache.reader import Demand, ViewReader
 from kubeapi import status
-from kubeapi.listoptions import parse_list_options
-from kubeapi.negotiation import negotiate
-from kubeapi.resources import match_path
+from kubeapi.listoptions import ListOptions, parse_list_options
+from kubeapi.negotiation import Target, negotiate
+from kubeapi.resources import ResourcePath, match_path
+from kubeapi.selectors import FieldRequirement, FieldSelector
 from kubeapi.status import StatusError
 from wrapper.authz import ClientAuthorizer
 from wrapper.failures import FAILURES, FailureLog, failures_of
@@ -70,9 +71,12 @@ class Front:
 
     Owns the routing, the identity decision for pass-through (with wrapper/lending.py), the list
     bodies of its views (``ListBodies``) and its watches (``WatchRegistry``). It reads the cache
-    only through the views it is given (``cache.reader.ViewReader``). Built by ``build_app``,
-    which the composition root (``wrapper.compose``) and the tests call; aiohttp calls ``handle``
-    for every request and ``on_shutdown`` once.
+    only through the views it is given (``cache.reader.ViewReader``). A read is served from a
+    view only if the view covers it (``covers``: a view declares the objects it holds all of);
+    any other read, and any resource without a view, passes through. The ``Demand``, if given,
+    is told of every read (a lazily watched resource starts its informer on the first). Built by
+    ``build_app``, which the composition root (``wrapper.compose``) and the tests call; aiohttp
+    calls ``handle`` for every request and ``on_shutdown`` once.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class Front:
         registry: WatchRegistry | None = None,
         authorizer: ClientAuthorizer | None = None,
         checks: ReadyChecks | None = None,
+        demand: Demand | None = None,
     ) -> None:
         self.authorizer = authorizer
+        self.demand = demand
         self.views = views
         self.ready = ready
         self.checks = checks
@@ -114,23 +120,13 @@ class Front:
         if path == "/readyz":
             return self._readyz()
         rp = match_path(path)
-        if rp is not None and rp.subresource is None and request.method in ("GET", "HEAD"):
-            view = self.views[rp.resource.plural]
+        view = self.views.get(rp.resource.plural) if rp is not None and rp.subresource is None else None
+        if rp is not None and view is not None and request.method in ("GET", "HEAD"):
             # As the apiserver's handlers: the media type first (406), then the query (400, 422).
             form = negotiate(request.headers.get("Accept"))
             opts = parse_list_options(request.query, rp.resource)
-            if self.authorizer is not None:
-                verb = "get" if rp.name is not None else "watch" if opts.watch else "list"
-                await self.authorizer.check(request.headers.get("Authorization"), verb, rp.resource, rp.namespace,
-                                            rp.name)
-            if rp.name is not None:
-                if opts.watch:
-                    raise status.bad_request("watch on a single object path is not supported; "
-                                             "use a fieldSelector of metadata.name")
-                return await serve_get(request, view, self.settings, rp.namespace, rp.name, form)
-            if opts.watch:
-                return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry, form)
-            return await serve_list(request, view, opts, self.settings, rp.namespace, self.list_bodies, form)
+            if covers(view.scope, rp, opts):
+                return await self._serve(request, view, rp, opts, form)
         if self.upstream is None:
             raise status.not_found("", "", path)
         if "Authorization" in request.headers:
@@ -139,9 +135,36 @@ class Front:
         check_lending(request.method, path, target.escaped, request.headers.keys())
         return await forward(request, self.upstream, target, lend=True)
 
+    async def _serve(self, request: web.Request, view: ViewReader, rp: ResourcePath, opts: ListOptions,
+                     form: Target) -> web.StreamResponse:
+        """A read the view covers: get, watch or list."""
+        if self.authorizer is not None:
+            verb = "get" if rp.name is not None else "watch" if opts.watch else "list"
+            await self.authorizer.check(request.headers.get("Authorization"), verb, rp.resource, rp.namespace,
+                                        rp.name)
+        if self.demand is not None:
+            self.demand.touch(rp.resource)
+        if rp.name is not None:
+            if opts.watch:
+                raise status.bad_request("watch on a single object path is not supported; "
+                                         "use a fieldSelector of metadata.name")
+            return await serve_get(request, view, self.settings, rp.namespace, rp.name, form)
+        if opts.watch:
+            if self.demand is None:
+                return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry, form)
+            with self.demand.watching(rp.resource):
+                return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry, form)
+        return await serve_list(request, view, opts, self.settings, rp.namespace, self.list_bodies, form)
+
     def _readyz(self) -> web.Response:
-        lines = [f"[{'+' if v.synced else '-'}]cache-{name} {'ok' if v.synced else 'not synced'}"
-                 for name, v in self.views.items()]
+        lines = []
+        for name, v in self.views.items():
+            if v.synced:
+                lines.append(f"[+]cache-{name} ok")
+            elif self.demand is not None and self.demand.lazy(v.resource):
+                lines.append(f"[+]cache-{name} not synced: watched only while clients read it")
+            else:
+                lines.append(f"[-]cache-{name} not synced")
         checks = self.checks() if self.checks is not None else ()
         lines.extend(f"[{'+' if c.ok else '-'}]{c.name} {c.detail}" for c in checks)
         ok = self.ready() and all(c.ok for c in checks)
@@ -153,6 +176,20 @@ class Front:
         self.registry.closing = True
         for view in self.views.values():
             view.wake()
+
+
+def covers(scope: FieldSelector | None, rp: ResourcePath, opts: ListOptions) -> bool:
+    """Whether a view holding all objects of ``scope`` (None: all of them) can answer the read
+    ``rp`` with ``opts``: when what the read selects (its field selector, its path's namespace
+    and name) implies the scope. Label selectors only narrow further."""
+    if scope is None:
+        return True
+    selected = list(opts.field.requirements) if opts.field is not None else []
+    if rp.namespace:
+        selected.append(FieldRequirement("metadata.namespace", rp.namespace, True))
+    if rp.name is not None:
+        selected.append(FieldRequirement("metadata.name", rp.name, True))
+    return FieldSelector(tuple(selected)).implies(scope)
 
 
 @web.middleware
@@ -181,8 +218,9 @@ def build_app(
     authorizer: ClientAuthorizer | None = None,
     client_max_size: int = 3 << 20,
     checks: ReadyChecks | None = None,
+    demand: Demand | None = None,
 ) -> web.Application:
-    front = Front(views, ready, upstream, settings or ServeSettings(), registry, authorizer, checks)
+    front = Front(views, ready, upstream, settings or ServeSettings(), registry, authorizer, checks, demand)
     app = web.Application(middlewares=[*middlewares, _no_tracebacks], client_max_size=client_max_size,
                           handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[VIEWS] = views

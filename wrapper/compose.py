@@ -16,9 +16,10 @@ from aiohttp import web
 
 from cache.apiclient import ApiClient
 from cache.cluster import ClusterCache
-from cache.informers import Informers
+from cache.informers import Informers, UpstreamOptions
 from cache.reflector import ReflectorSettings
 from cache.snapshot import Identity, Persister, restore
+from kubeapi.resources import ENDPOINTS
 from wrapper.app import ReadyCheck, build_app
 from wrapper.authz import ClientAuthorizer
 from wrapper.debug import Debug
@@ -95,6 +96,7 @@ async def start_wrapper(
     local_node_warn_every: float = DEFAULT_REPEAT,
     limits: ConnectionLimits | None = None,
     gc_tuning: GcTuning = "auto",
+    upstream: UpstreamOptions | None = None,
 ) -> Running:
     """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests.
 
@@ -105,9 +107,11 @@ async def start_wrapper(
     ``local_node_warn_every``: how often a missing local Node is logged again.
     ``gc_tuning``: ``--gc-tuning``; the heap regime of wrapper/heap.py, shared by every wrapper of
     the process, so the tests and the demo run what production runs.
+    ``upstream``: what is watched upstream (node topology source, the Endpoints informer).
     """
+    upstream = upstream or UpstreamOptions()
     cache = ClusterCache(hostname)
-    informers = Informers(client, cache, reflect)
+    informers = Informers(client, cache, reflect, options=upstream)
     persister = None
     if cache_dir is not None:
         identity = Identity(hostname, client.base_url)
@@ -123,9 +127,12 @@ async def start_wrapper(
 
     limits = limits or ConnectionLimits()
     guard = ConnectionGuard(limits)
-    app = build_app(cache.views, ready, client, serve, registry=watches,
+    # With the Endpoints informer off, Endpoints reads pass through to the apiserver.
+    views = {plural: view for plural, view in cache.views.items()
+             if plural != ENDPOINTS.plural or upstream.endpoints != "off"}
+    app = build_app(views, ready, client, serve, registry=watches,
                     middlewares=[guard.middleware(), metrics.middleware()], authorizer=authorizer,
-                    checks=lambda: ready_checks(cache))
+                    checks=lambda: ready_checks(cache), demand=informers)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None,
                            keepalive_timeout=limits.idle_timeout)
     url = await _listen(runner, bind, tls, guard)

@@ -183,11 +183,15 @@ class Debug:
             entry: dict[str, Any] = view.stats()
             entry["watchers"] = self.watches.watchers(name)
             entry["upstreamResourceVersion"] = str(self.cache.upstream_rv(view.resource))
-            if self.informers is not None:
-                st = self.informers.reflectors[name].state
+            reflector = self.informers.reflectors.get(name) if self.informers is not None else None
+            if reflector is not None:
+                st = reflector.state
                 entry["upstream"] = {"connected": st.connected, "syncedOnce": st.synced_once,
                                      "lists": st.lists, "relists": st.relists, "reconnects": st.reconnects,
-                                     "events": st.events, "lastError": st.last_error}
+                                     "events": st.events, "lastError": st.last_error,
+                                     "syncMode": st.sync_mode, "streamRefused": st.stream_refused}
+            elif self.informers is not None:
+                entry["upstream"] = {"running": False}
             entry["watches"] = [
                 {"query": w.query, "peer": w.peer, "ageSeconds": round(now - w.started, 1),
                  "eventsSent": w.events_out, "backlog": w.backlog}
@@ -199,7 +203,8 @@ class Debug:
                       "timelineResets": self.cache.timeline_resets, "resources": resources,
                       "refilterRuns": self.cache.refilter_runs,
                       "refilterSeconds": round(self.cache.refilter_seconds, 6),
-                      "syntheticEvents": self.cache.synthetic_events})
+                      "syntheticEvents": self.cache.synthetic_events,
+                      "nodeTopology": self.informers.node_topology.describe() if self.informers is not None else None})
 
     async def topology_page(self, request: web.Request) -> web.Response:
         service = request.query.get("service")

@@ -16,7 +16,7 @@ import orjson
 
 from cache.apiclient import ApiClient
 from cache.reflector import Reflector, ReflectorSettings
-from kubeapi.resources import Resource
+from kubeapi.resources import NODES, Resource
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
@@ -93,8 +93,14 @@ async def get_text(url: str) -> tuple[int, str]:
         return resp.status, await resp.text()
 
 
+def served_selection(resource: Resource) -> dict[str, str]:
+    """What a wrapper serves of ``resource``: all of it, but of Nodes the local one alone (a
+    list of every Node passes through to the apiserver)."""
+    return {"fieldSelector": f"metadata.name={LOCAL_NODE}"} if resource is NODES else {}
+
+
 async def list_items(base: str, resource: Resource) -> dict[str, dict[str, Any]]:
-    code, doc = await get_json(base + resource.collection_path())
+    code, doc = await get_json(base + resource.collection_path(), served_selection(resource))
     assert code == 200, doc
     return {key_of(o): o for o in doc["items"]}
 
@@ -200,7 +206,7 @@ class RawWatch:
 
 async def open_watch(base: str, resource: Resource, session: aiohttp.ClientSession | None = None,
                      **params: str) -> RawWatch:
-    w = RawWatch(base + resource.collection_path(), {"watch": "true", **params})
+    w = RawWatch(base + resource.collection_path(), {**served_selection(resource), "watch": "true", **params})
     w.start(session)
     await asyncio.wait_for(w.opened.wait(), 10)
     return w

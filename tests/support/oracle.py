@@ -53,6 +53,13 @@ def _context(sim: Simulator, local_node: str) -> TopologyContext:
                                         for n in sim.list(NODES)})
 
 
+def served_state(sim: Simulator, resource: Resource, local_node: str) -> dict[str, JSONDict]:
+    """What a wrapper for ``local_node`` answers to the request ``faultkit.list_items`` sends: its
+    filtered state, and of Nodes the local one alone (all the wrapper holds of them)."""
+    state = filtered_state(sim, resource, local_node)
+    return {k: v for k, v in state.items() if k == local_node} if resource is NODES else state
+
+
 def filtered_state(sim: Simulator, resource: Resource, local_node: str) -> dict[str, JSONDict]:
     """Every object of ``resource`` as the wrapper for ``local_node`` should serve it."""
     objects = {key_of(o): o for o in sim.list(resource)}
