@@ -214,6 +214,7 @@ class ListWatch:
         settings: ReflectorSettings | None = None,
         *,
         selection: Selection = EVERYTHING,
+        name: str = "",
         on_regression: RegressionHandler | None = None,
         clock: Clock = time.monotonic,
         rng: Random = random,
@@ -225,7 +226,8 @@ class ListWatch:
         self.on_regression = on_regression
         self._clock = clock
         self._rng = rng
-        self._name = resource.plural + (f" ({selection.field_selector})" if selection.field_selector else "")
+        # What the log lines call it: its reflector's name, and its field selector.
+        self._name = (name or resource.plural) + (f" ({selection.field_selector})" if selection.field_selector else "")
         self._kinds = (resource.kind, PARTIAL) if selection.metadata_only else (resource.kind,)
         self._selectors = selection.params()
         self.state = UpstreamState(disconnected_since=clock())

@@ -75,7 +75,7 @@ class Reflector:
         # Told of every failed request or stream (after the machine), e.g. to decide a mode on it.
         self._on_failed = on_failed
         self.machine = ListWatch(
-            resource, sink, self.settings, selection=selection, clock=clock,
+            resource, sink, self.settings, selection=selection, name=self.name, clock=clock,
             on_regression=None if on_regression is None else (lambda had, got: on_regression(self, had, got)),
         )
 

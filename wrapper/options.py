@@ -12,6 +12,14 @@ import math
 import os
 from collections.abc import Callable
 
+from cache.informers import (
+    DEFAULT_ENDPOINTS_IDLE,
+    DEFAULT_TOPOLOGY_NAMESPACE,
+    ENDPOINTS_MODES,
+    TOPOLOGY_MODES,
+    UpstreamOptions,
+)
+from cache.reflector import ReflectorSettings
 from kubeapi.strconv import NumError, parse_decimal, parse_uint
 from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS
 from wrapper.compose import StartupError
@@ -111,6 +119,47 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
     return ServeSettings(bookmark_interval=args.bookmark_interval, write_timeout=args.watch_write_timeout)
 
 
+def non_negative(value: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more, in ASCII digits."""
+    number = parse_decimal(value)
+    if number is None or not (number >= 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (0 or more)")
+    return number
+
+
+def _upstream(p: argparse.ArgumentParser) -> None:
+    """What the wrapper watches upstream, and how it syncs."""
+    namespace = os.environ.get("POD_NAMESPACE") or DEFAULT_TOPOLOGY_NAMESPACE
+    p.add_argument("--node-topology", choices=TOPOLOGY_MODES, default="auto",
+                   help="where other nodes' labels come from: the publisher's node topology buckets (publisher), a "
+                   "metadata-only watch of every Node (nodes), or the buckets when a complete set exists and the Nodes "
+                   "otherwise, following them (auto; default)")
+    p.add_argument("--node-topology-namespace", default=namespace, metavar="NAMESPACE",
+                   help="the namespace of the node topology buckets (default: $POD_NAMESPACE, the wrapper's own from "
+                   f"the downward API, else {DEFAULT_TOPOLOGY_NAMESPACE})")
+    p.add_argument("--endpoints-informer", choices=ENDPOINTS_MODES, default="lazy",
+                   help="core/v1 Endpoints: watched only while clients read them (lazy; default), always (on), or "
+                   "never, their requests passed through to the apiserver (off)")
+    p.add_argument("--endpoints-idle-timeout", type=positive(float), default=DEFAULT_ENDPOINTS_IDLE, metavar="SECONDS",
+                   help="a lazy Endpoints informer stops after this long with no Endpoints request and no open "
+                   f"Endpoints watch (default {DEFAULT_ENDPOINTS_IDLE:g})")
+    p.add_argument("--streaming-lists", action=argparse.BooleanOptionalAction, default=True,
+                   help="sync with streaming lists (watch with sendInitialEvents) where the apiserver serves them, "
+                   "falling back to lists as client-go does (default on)")
+    p.add_argument("--relist-jitter", type=non_negative, default=ReflectorSettings.relist_jitter, metavar="SECONDS",
+                   help="every relist (and the first sync of a wrapper restored from its snapshot) waits a random time "
+                   f"below this, so a fleet does not relist in lockstep (default {ReflectorSettings.relist_jitter:g})")
+
+
+def upstream_options(args: argparse.Namespace) -> UpstreamOptions:
+    return UpstreamOptions(node_topology=args.node_topology, topology_namespace=args.node_topology_namespace,
+                           endpoints=args.endpoints_informer, endpoints_idle=args.endpoints_idle_timeout)
+
+
+def reflector_settings(args: argparse.Namespace) -> ReflectorSettings:
+    return ReflectorSettings(streaming=args.streaming_lists, relist_jitter=args.relist_jitter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="application-grid-wrapper",
@@ -130,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --no-ready-while-offline it turns not ready after --offline-grace seconds")
     p.add_argument("--offline-grace", type=float, default=30.0, help="see --ready-while-offline (default 30)")
     _common(p)
+    _upstream(p)
     return p
 
 
