@@ -242,7 +242,13 @@ class LeaderElector:
         try:
             resp = await self.client.request("POST", LEASES.collection_path(self.namespace), json=body,
                                              total_timeout=self.settings.renew_deadline)
-        except (ApiError, TransportError) as exc:
+        except ApiError as exc:
+            if exc.code == 409:  # another candidate created it first: it is read on the next attempt
+                log.info("lease %s was created by another candidate", self.description)
+            else:
+                log.error("error initially creating lease %s: %s", self.description, exc)
+            return False
+        except TransportError as exc:
             log.error("error initially creating lease %s: %s", self.description, exc)
             return False
         created = _decode(resp.body)

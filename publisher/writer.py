@@ -89,12 +89,18 @@ class TopologyPublisher:
             Informer(client, CONFIGMAPS, self.buckets, namespace=namespace, label_selector=LABEL_SELECTOR,
                      settings=reflect),
         )
+        self._busy = False  # a pass is waiting out its debounce or writing
         self._generation: int | None = None
         self._invalid_logged: set[tuple[str, str]] = set()
 
     @property
     def synced(self) -> bool:
         return all(i.synced for i in self.informers)
+
+    @property
+    def settled(self) -> bool:
+        """No change is waiting to be written, and no pass is running."""
+        return not self._dirty.is_set() and not self._busy
 
     def changed(self) -> None:
         self._dirty.set()
@@ -114,25 +120,30 @@ class TopologyPublisher:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _write_loop(self) -> None:
-        s = self.settings
-        backoff = s.backoff_initial
+        backoff = self.settings.backoff_initial
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(s.debounce)  # the rest of the burst joins this pass
-            self._dirty.clear()
-            if not self.synced or not self.leadership.is_leader:
-                continue  # the last informer's first list, or the next term, marks it dirty again
+            self._busy = True
             try:
-                finished = await self.publish_once()
-            except (ApiError, TransportError) as exc:
-                log.warning("node topology: writing the buckets failed (%s); retrying in up to %.1fs", exc, backoff)
-                finished = False
-            if finished:
-                backoff = s.backoff_initial
-                continue
-            await asyncio.sleep(self._rng.uniform(backoff / 2, backoff))
-            backoff = min(backoff * 2, s.backoff_max)
-            self._dirty.set()
+                backoff = await self._pass(backoff)
+            finally:
+                self._busy = False
+
+    async def _pass(self, backoff: float) -> float:
+        """One debounced pass, and its back-off if it has to be planned again; returns the next back-off."""
+        s = self.settings
+        await asyncio.sleep(s.debounce)  # the rest of the burst joins this pass
+        self._dirty.clear()
+        if not self.synced or not self.leadership.is_leader:
+            return backoff  # the last informer's first list, or the next term, marks it dirty again
+        try:
+            if await self.publish_once():
+                return s.backoff_initial
+        except (ApiError, TransportError) as exc:
+            log.warning("node topology: writing the buckets failed (%s); retrying in up to %.1fs", exc, backoff)
+        await asyncio.sleep(self._rng.uniform(backoff / 2, backoff))
+        self._dirty.set()
+        return min(backoff * 2, s.backoff_max)
 
     async def publish_once(self) -> bool:
         """One pass: plan and write. False when it has to be planned again (something changed meanwhile)."""
