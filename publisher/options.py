@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         "in a few ConfigMaps, so that each wrapper watches those instead of every Node. Runs as a Deployment "
         "with Lease-based leader election; only the leader writes.",
     )
-    p.add_argument("--kubeconfig", default=None,
+    p.add_argument("--kubeconfig", default=None, metavar="PATH",
                    help="kubeconfig for the apiserver (default: the in-cluster service account)")
-    p.add_argument("--namespace", type=_name(_DNS_LABEL, 63, "namespace"),
+    p.add_argument("--namespace", type=_name(_DNS_LABEL, 63, "namespace"), metavar="NAMESPACE",
                    default=os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE,
                    help="namespace of the bucket ConfigMaps and of the Lease (default: $POD_NAMESPACE, else "
                    f"{DEFAULT_NAMESPACE})")
@@ -72,20 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="elect a leader among the replicas with a Lease; only the leader writes (default on; off "
                    "only for a single replica)")
     d = LeaseSettings()
-    p.add_argument("--leader-elect-lease-duration", type=_seconds(3600), default=d.lease_duration,
+    p.add_argument("--leader-elect-lease-duration", metavar="SECONDS", type=_seconds(3600), default=d.lease_duration,
                    help="seconds a candidate waits, after it last saw the Lease renewed, before it takes the Lease "
                    f"over (default {d.lease_duration:g})")
-    p.add_argument("--leader-elect-renew-deadline", type=_seconds(3600), default=d.renew_deadline,
+    p.add_argument("--leader-elect-renew-deadline", metavar="SECONDS", type=_seconds(3600), default=d.renew_deadline,
                    help="seconds the leader keeps trying to renew before it stops leading; less than the lease "
                    f"duration (default {d.renew_deadline:g})")
-    p.add_argument("--leader-elect-retry-period", type=_seconds(600), default=d.retry_period,
+    p.add_argument("--leader-elect-retry-period", metavar="SECONDS", type=_seconds(600), default=d.retry_period,
                    help=f"seconds between attempts to acquire or renew the Lease (default {d.retry_period:g})")
-    p.add_argument("--leader-elect-resource-name", type=_name(_DNS_SUBDOMAIN, 253, "Lease name"),
+    p.add_argument("--leader-elect-resource-name", metavar="NAME", type=_name(_DNS_SUBDOMAIN, 253, "Lease name"),
                    default=DEFAULT_LEASE_NAME, help=f"name of the Lease (default {DEFAULT_LEASE_NAME})")
-    p.add_argument("--nodes-per-bucket", type=_count(100_000), default=NODES_PER_BUCKET,
+    p.add_argument("--nodes-per-bucket", metavar="N", type=_count(100_000), default=NODES_PER_BUCKET,
                    help="nodes per bucket ConfigMap on average, at most; the buckets double, up to "
                    f"{MAX_BUCKETS}, as nodes pass it (default {NODES_PER_BUCKET})")
-    p.add_argument("--debounce", type=_seconds(60), default=1.0,
+    p.add_argument("--debounce", metavar="SECONDS", type=_seconds(60), default=1.0,
                    help="seconds a change waits for the rest of its burst before the buckets are written "
                    "(default 1)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],

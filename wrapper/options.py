@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="application-grid-wrapper",
         description="Node-local topology proxy between kube-proxy and the apiserver. "
-        "Run 'application-grid-wrapper demo' for a self-contained demo.",
+        "Run 'application-grid-wrapper demo' for a self-contained demo, and 'application-grid-wrapper "
+        "publish-topology' (one per cluster) for the node topology publisher.",
     )
     p.add_argument("--kubeconfig", help="kubeconfig for the real apiserver (default: in-cluster config)")
     p.add_argument("--hostname", default=os.environ.get("NODE_NAME"),
