@@ -1,8 +1,9 @@
 """Every command's --help explains every flag in plain text.
 
 The commands are the wrapper, its demo, the topology publisher (``publish-topology``), the simulator
-(``python -m apisim``) and the benchmark (``python -m bench``). Their help is what a new operator reads first: each visible flag has a
-sentence, and no reStructuredText markup (double backquotes, roles) leaks from docstrings.
+(``python -m apisim``) and the benchmark (``python -m bench``). Their help is what a new operator
+reads first: each visible flag has a sentence, and no reStructuredText markup (double backquotes,
+roles) leaks from docstrings.
 """
 
 from __future__ import annotations
