@@ -46,13 +46,14 @@ async def publish_main(args: argparse.Namespace) -> None:
         raise StartupError(str(exc), 2) from exc
     async with client:
         settings = PublisherSettings(per_bucket=args.nodes_per_bucket, debounce=args.debounce)
-        elector: LeaderElector | None = None
         publisher = TopologyPublisher(client, args.namespace, AlwaysLeader(), settings)
-        tasks = [asyncio.create_task(publisher.run(), name="publisher")]
-        if args.leader_elect:
+        elector: LeaderElector | None = None
+        if args.leader_elect:  # before anything runs: the publisher writes only while the elector leads
             elector = LeaderElector(client, args.namespace, args.leader_elect_resource_name, identity(), lease,
                                     on_change=publisher.leadership_changed)
             publisher.leadership = elector
+        tasks = [asyncio.create_task(publisher.run(), name="publisher")]
+        if elector is not None:
             tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
         log.info("publishing node topology to %s/%s* (upstream %s, %s)", args.namespace, "node-topology-",
                  client.base_url, f"leader election on Lease {elector.description}" if elector else "no election")
