@@ -111,12 +111,14 @@ class ServiceKeys:
         keys = reads.label_keys | reads.local_labels
         if self._reads.get(key, frozenset()) == keys:
             return False
-        changed = self._drop(key)
+        # Count the new keys before uncounting the old ones: a key kept by the change never drops to 0.
+        changed = False
+        for k in keys:
+            self._counts[k] += 1
+            changed = changed or self._counts[k] == 1
+        changed = self._drop(key) or changed
         if keys:
             self._reads[key] = keys
-            for k in keys:
-                self._counts[k] += 1
-                changed = changed or self._counts[k] == 1
         return changed
 
     def _drop(self, key: str) -> bool:

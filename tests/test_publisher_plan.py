@@ -193,3 +193,4 @@ def test_a_valid_bucket_of_a_higher_generation_than_ours_is_taken_over() -> None
     api.apply(plan, check=set(labels))
     assert api.reader_view() == tracked_labels(labels, {"zone"})
     assert set(api.objects) == {bucket_name(9, 0)}
+
