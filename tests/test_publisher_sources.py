@@ -30,7 +30,6 @@ def test_the_keys_in_use_change_only_when_a_key_gains_its_first_or_loses_its_las
     assert calls[1:] == [frozenset({"zone", "x", "region"}), frozenset({"zone", "region"})]
 
 
-
 def node(name: str, labels: dict[str, str], **status: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "resourceVersion": "1", "labels": labels}, "status": status}
 
