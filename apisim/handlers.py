@@ -14,6 +14,7 @@ from apisim import discovery, errors, listing, reviews
 from apisim.faults import Faults
 from apisim.patch import PATCH_TYPES
 from apisim.registry import Registry, copy_json, now_rfc3339
+from apisim.resources import SERVED_BY_PLURAL, WITHOUT_STATUS
 from apisim.reviews import Reviews
 from apisim.store import Entry, Store, with_type
 from apisim.watch import TableMode, WatchControl, WatchRequest, run_watch
@@ -106,7 +107,7 @@ class Handlers:
             if request.query.get("watch", "").lower() in ("1", "true", "t"):
                 raise status.method_not_allowed("WATCH", "namespaces")  # read-only, derived; never changes
             return self._namespaces(m.group("name"))
-        rp = match_path(path)
+        rp = match_path(path, SERVED_BY_PLURAL)
         if rp is None:
             raise _not_found_path()
         err = self.sim.faults.take()
@@ -118,7 +119,7 @@ class Handlers:
 
     async def _resource(self, request: web.Request, rp: ResourcePath) -> web.StreamResponse:
         method, res, reg = request.method, rp.resource, self.sim.registry
-        if rp.subresource not in (None, "status"):
+        if rp.subresource not in (None, "status") or (rp.subresource and res in WITHOUT_STATUS):
             raise status.not_found(res.group, f"{res.plural}/{rp.subresource}", rp.name or "")
         # Every resource handler of the apiserver negotiates the answer's media type first (406).
         target = negotiate(request.headers.get("Accept"))

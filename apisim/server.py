@@ -22,10 +22,11 @@ from apisim.handlers import Handlers, status_response
 from apisim.listing import Filter
 from apisim.patch import MERGE
 from apisim.registry import Registry, now_rfc3339
+from apisim.resources import SERVED
 from apisim.reviews import Reviews
 from apisim.store import Entry, SavedState, Store, wait_for_change
 from apisim.watch import WatchControl
-from kubeapi.resources import ALL, SERVICES, Resource
+from kubeapi.resources import SERVICES, Resource
 from kubeapi.selectors import parse_field_selector, parse_label_selector
 from kubeapi.types import JSONDict
 
@@ -40,7 +41,8 @@ def _copy(entry: Entry) -> JSONDict:
 
 
 class Simulator:
-    """An in-process Kubernetes apiserver for nodes, services, endpoints and endpointslices.
+    """An in-process Kubernetes apiserver for nodes, services, endpoints, endpointslices, configmaps
+    and leases (``apisim.resources.SERVED``).
 
     ``bookmark_interval``: seconds between BOOKMARKs (the apiserver uses ~60).
     ``too_large_wait``: how long a too-new resourceVersion waits before 504 (apiserver: 3 s).
@@ -57,7 +59,7 @@ class Simulator:
                  too_large_wait: float = 3.0, default_watch_timeout: float = 1800.0,
                  paginate_rv0: bool = False, tls: ssl.SSLContext | None = None, authenticate: bool = False) -> None:
         self.store = Store(history_limit=history_limit)
-        for r in ALL:
+        for r in SERVED:
             self.store.of(r)
         self.registry = Registry(self.store)
         self.faults = Faults()

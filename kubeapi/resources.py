@@ -1,4 +1,9 @@
-"""The API resources this project caches and serves, and how their URLs look."""
+"""The API resources this project caches and serves, the others it talks to, and how their URLs look.
+
+``ALL`` is what the wrapper caches and serves from its cache (and ``match_path`` matches by
+default); ``CONFIGMAPS`` and ``LEASES`` are only read and written upstream (the node topology
+buckets, the topology publisher's leader election), never served by the wrapper.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +61,10 @@ SERVICES = Resource(
 ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints", namespaced=True, short_names=("ep",))
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", namespaced=True)
 
+# Not in ALL: the wrapper does not serve them (the simulator does, apisim.server.SERVED).
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True, short_names=("cm",))
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
+
 ALL: tuple[Resource, ...] = (NODES, SERVICES, ENDPOINTS, ENDPOINTSLICES)
 BY_PLURAL: dict[str, Resource] = {r.plural: r for r in ALL}
 
@@ -76,14 +85,15 @@ _PATH = re.compile(
 )
 
 
-def match_path(path: str) -> ResourcePath | None:
-    """Parse ``path`` if it names one of ``ALL`` (collection, object or subresource)."""
+def match_path(path: str, by_plural: Mapping[str, Resource] = BY_PLURAL) -> ResourcePath | None:
+    """Parse ``path`` if it names one of ``by_plural``'s resources (default: ``ALL``), as a
+    collection, an object or a subresource."""
     m = _PATH.match(path)
     if m is None:
         return None
     group = m.group("g") or ""
     version = m.group("cv") or m.group("gv")
-    res = BY_PLURAL.get(m.group("plural"))
+    res = by_plural.get(m.group("plural"))
     if res is None or res.group != group or res.version != version:
         return None
     ns = m.group("ns")

@@ -433,7 +433,7 @@ async def test_discovery(sim: Simulator, http: aiohttp.ClientSession) -> None:
     assert by_name["services"]["shortNames"] == ["svc"] and "watch" in by_name["services"]["verbs"]
     assert by_name["nodes"]["singularName"] == "node" and not by_name["nodes"]["namespaced"]
     groups = await get_json(http, sim.url + "/apis")
-    assert {g["name"] for g in groups["groups"]} == {"discovery.k8s.io", "events.k8s.io"}
+    assert {g["name"] for g in groups["groups"]} == {"coordination.k8s.io", "discovery.k8s.io", "events.k8s.io"}
     disc = await get_json(http, sim.url + "/apis/discovery.k8s.io/v1")
     assert disc["resources"][0]["kind"] == "EndpointSlice"
     assert (await get_json(http, sim.url + "/apis/events.k8s.io/v1"))["groupVersion"] == "events.k8s.io/v1"

@@ -1,4 +1,6 @@
-"""Command line: ``application-grid-wrapper [flags]`` runs the wrapper; ``... demo`` runs the demo.
+"""Command line: ``application-grid-wrapper [flags]`` runs the wrapper; ``... demo`` runs the demo;
+``... publish-topology`` runs the cluster's node topology publisher (``publisher/``, a program of its
+own: only its entry points are named here).
 
 Start-up errors are one clear line and a non-zero exit, never a traceback.
 """
@@ -15,6 +17,8 @@ from pathlib import Path
 import uvloop
 
 from cache.apiclient import ApiClient, ConfigError
+from publisher import cli as publisher_cli
+from publisher import options as publisher_options
 from wrapper.compose import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.logs import configure_logging
 from wrapper.options import build_demo_parser, build_parser, check_exposure, connection_limits, serve_settings
@@ -67,13 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wrapper.demo import demo_main
 
         coro = demo_main(args)
+    elif argv[:1] == ["publish-topology"]:
+        args = publisher_options.build_parser().parse_args(argv[1:])
+        coro = publisher_cli.publish_main(args)
     else:
         args = build_parser().parse_args(argv)
         coro = serve_main(args)
     configure_logging(args.log_level, args.log_format)
     try:
         uvloop.run(coro)
-    except StartupError as exc:
+    except (StartupError, publisher_cli.StartupError) as exc:
         print(f"application-grid-wrapper: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:

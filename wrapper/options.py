@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="application-grid-wrapper",
         description="Node-local topology proxy between kube-proxy and the apiserver. "
-        "Run 'application-grid-wrapper demo' for a self-contained demo.",
+        "Run 'application-grid-wrapper demo' for a self-contained demo, and 'application-grid-wrapper "
+        "publish-topology' (one per cluster) for the node topology publisher.",
     )
     p.add_argument("--version", action="version", version=version_line(),
                    help="print the version and the Python it runs on, then exit")
