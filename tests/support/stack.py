@@ -19,6 +19,7 @@ from apisim.server import Simulator
 from cache.apiclient import ApiClient
 from cache.reflector import ReflectorSettings
 from kubeapi.resources import ALL
+from tests.support.waiting import eventually
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
@@ -40,11 +41,8 @@ async def running_simulator(sim: Simulator) -> AsyncIterator[Simulator]:
 
 
 async def wait_ready(running: Running, timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if running.cache.ready:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("wrapper did not sync from the simulator")
+    """Wait until every cache of the wrapper has synced and the views serve it."""
+    await eventually(lambda: running.cache.ready, timeout, "the wrapper to sync from its upstream")
 
 
 @asynccontextmanager
