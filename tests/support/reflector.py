@@ -239,8 +239,10 @@ class ReflectorModel:
             raise _Relist("wrong kind")
         rv_raw = (obj.get("metadata") or {}).get("resourceVersion")
         try:
+            if not isinstance(rv_raw, str | int):
+                raise ValueError(rv_raw)
             rv = int(rv_raw)
-        except (TypeError, ValueError):
+        except ValueError:
             self.violations.append(f"{type_} without a resourceVersion")
             raise _Relist("event without resourceVersion") from None
         if rv < self._stream_rv:

@@ -82,6 +82,14 @@ async def wait_caught_up(running: Running, sim: Simulator, timeout: float = 10) 
             raise AssertionError(f"wrapper view {r.plural} stuck at {view.rv}, simulator at {target}")
 
 
+async def wait_applied(running: Running, sim: Simulator, timeout: float = 10) -> None:
+    """Wait until the wrapper has applied the simulator's latest change, to whichever resource it
+    touched. A script that waits for this between changes has the wrapper see them as they come."""
+    target = sim.rv
+    await eventually(lambda: max(running.cache.upstream_rv(r) for r in ALL) >= target, timeout,
+                     f"the wrapper to apply the upstream change at RV {target}", interval=0.005)
+
+
 async def read_watch(session: aiohttp.ClientSession, url: str, params: dict[str, str],
                      headers: dict[str, str] | None = None, timeout: float = 15) -> list[dict[str, object]]:
     """Every event of a watch that ends by itself (use a small timeoutSeconds)."""
