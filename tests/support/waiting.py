@@ -35,14 +35,14 @@ POLL_INTERVAL = 0.02  # seconds between two checks of a polled condition
 
 @overload
 async def eventually(
-    predicate: Callable[[], Awaitable[T]], timeout: float = ..., what: str = ..., *, interval: float = ...,
+    predicate: Callable[[], Awaitable[T | None]], timeout: float = ..., what: str = ..., *, interval: float = ...,
     detail: Callable[[], object] | None = ...,
 ) -> T: ...
 
 
 @overload
 async def eventually(
-    predicate: Callable[[], T], timeout: float = ..., what: str = ..., *, interval: float = ...,
+    predicate: Callable[[], T | None], timeout: float = ..., what: str = ..., *, interval: float = ...,
     detail: Callable[[], object] | None = ...,
 ) -> T: ...
 
@@ -55,7 +55,8 @@ async def eventually(
     interval: float = POLL_INTERVAL,
     detail: Callable[[], object] | None = None,
 ) -> Any:
-    """Poll ``predicate`` until its value is truthy and return it; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until its value is truthy and return it (never None); fail after ``timeout``
+    seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
