@@ -18,7 +18,7 @@ from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from tests.support.churn import Churn
-from tests.support.oracle import PROXY_LABELS, PROXY_SERVICE_FIELDS, comparable, kube_proxy_truth
+from tests.support.oracle import PROXY_LABELS, PROXY_SERVICE_FIELDS, comparable, holds, kube_proxy_truth
 from tests.support.reflector import ReflectorModel, _Relist, running_clients
 from tests.support.stack import Stack, stack, wait_applied
 from tests.support.waiting import eventually, one_loop_step
@@ -41,10 +41,6 @@ def clients(url: str, *, streaming: bool, timeout_seconds: tuple[int, int]) -> d
                                 **common),
         "endpoints": ReflectorModel(url, ENDPOINTS.collection_path(), "Endpoints", "v1", **common),
     }
-
-
-def holds(want: dict[str, Any]) -> Callable[[dict[str, dict[str, Any]]], bool]:
-    return lambda store: comparable(store) == want
 
 
 async def converge(models: Mapping[str, ReflectorModel], sim: Simulator, timeout: float = 20) -> None:

@@ -8,7 +8,6 @@ watches with 410 and refuse to resume any client from an RV it cannot vouch for.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from tests.support.faultkit import demo_slice, get_json, get_text, list_items, n
 from tests.support.garbage_upstream import GarbageUpstream
 from tests.support.oracle import comparable, filtered_state
 from tests.support.reflector import ReflectorModel, running_clients
-from tests.support.stack import running_simulator, stack, wait_caught_up
+from tests.support.stack import running_simulator, stack, wait_applied, wait_caught_up
 from tests.support.waiting import eventually
 from tests.test_reflector_runs import LOCAL, clients, converge
 from wrapper.app import build_app
@@ -84,7 +83,7 @@ async def test_after_the_apiserver_restarts_from_an_older_state_the_wrapper_and_
             churn.add_service()
         for _ in range(30):
             churn.step()
-            await asyncio.sleep(0.005)  # pace: the wrapper sees the changes as they come
+            await wait_applied(w, sim)  # the wrapper sees the changes as they come
         await wait_caught_up(w, sim, 20)
 
         await assert_serves_the_simulators_state(w, sim)
