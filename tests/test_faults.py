@@ -64,6 +64,10 @@ def reflector_totals(running: Running, attr: str) -> int:
     return sum(getattr(r.state, attr) for r in running.informers.reflectors.values())
 
 
+def reached(reflector: Reflector, rv: int) -> bool:
+    return reflector.rv >= rv
+
+
 def all_relisted_since(running: Running, before: dict[str, int]) -> bool:
     return all(r.state.relists > before[n] for n, r in running.informers.reflectors.items())
 
@@ -93,7 +97,8 @@ async def test_connection_reset_mid_watch_resumes_from_last_rv_and_clients_see_n
                 assert sim.close_watches() >= 1
             upstream_rvs.append(int(sim.patch_labels(NODES, None, "gz-3", {"round": str(i)})["metadata"][
                 "resourceVersion"]))
-            await asyncio.sleep(0.1)
+            # The next round cuts a watch that has resumed and carried this round's changes.
+            await eventually(lambda: wrapper.cache.upstream_rv(NODES) == sim.rv, 10, f"round {i} downstream")
         assert len(set(upstream_rvs)) == 2 * len(locations) and min(upstream_rvs) > start_rv
         await eventually(lambda: reflector_totals(wrapper, "reconnects") > reconnects, 10, "a reconnect")
         await eventually(lambda: wrapper.informers.connected, 10, "the reflectors to reconnect")
@@ -102,10 +107,11 @@ async def test_connection_reset_mid_watch_resumes_from_last_rv_and_clients_see_n
         # Resumed from its last RV: no relist upstream, none by the client either.
         assert reflector_totals(wrapper, "relists") == 0
         assert slices.lists == 1 and slices.relists == 0 and slices.violations == []
-        await eventually(lambda: len(nodes_watch.rvs()) >= len(upstream_rvs), 10, "every node change downstream")
-        await asyncio.sleep(0.2)  # a duplicate would arrive now
+        # A last change after them all: the watch is ordered, so a duplicate would come before it.
+        barrier = int(sim.patch_labels(NODES, None, "gz-3", {"round": "last"})["metadata"]["resourceVersion"])
+        await eventually(lambda: barrier in nodes_watch.rvs(), 10, "every node change downstream")
         # Exactly the upstream events, once each, in order: no gap, no duplicate.
-        assert nodes_watch.rvs() == upstream_rvs
+        assert nodes_watch.rvs() == [*upstream_rvs, barrier]
         assert_strictly_increasing(nodes_watch.rvs())
         final = {k: without_rv(v) for k, v in nodes_watch.state().items()}
         assert final["gz-2"] == without_rv(upstream_nodes(sim)["gz-2"])
@@ -159,8 +165,15 @@ async def test_half_open_upstream_is_detected_by_the_read_timeout_and_changes_me
     sim = chatty_sim
     reflect = ReflectorSettings(read_timeout=1.0, backoff_initial=0.05, backoff_max=0.3)
     async with running_wrapper(sim.url, reflect=reflect) as w:
-        await asyncio.sleep(1.5)  # healthy and quiet for longer than the read timeout: bookmarks keep it up
-        nodes = w.informers.reflectors["nodes"].state
+        # Healthy and quiet (no Node changes) for longer than the read timeout: bookmarks keep it up.
+        # Each round moves the cluster's RV by a Service change and waits for a bookmark of the Nodes
+        # watch to carry it: at a bookmark every 0.2 s, seven rounds span at least 1.2 s.
+        reflector = w.informers.reflectors["nodes"]
+        for i in range(7):
+            target = int(sim.patch_labels(SERVICES, "default", "plain-svc", {"quiet": str(i)})["metadata"][
+                "resourceVersion"])
+            await eventually(functools.partial(reached, reflector, target), 10, "a bookmark on the quiet Nodes watch")
+        nodes = reflector.state
         assert nodes.connected and nodes.reconnects == 0
         sim.pause_watches()
         sim.patch_labels(NODES, None, "gz-2", {"location": "beijing"})
@@ -271,13 +284,15 @@ async def test_upstream_errors_back_off_recover_and_readyz_never_flaps(
     stop = asyncio.Event()
 
     async def poll() -> None:
+        """Sample /readyz every 20 ms until the test is done with the faults."""
         async with aiohttp.ClientSession() as s:
-            for _ in range(500):
+
+            async def sample() -> bool:
                 async with s.get(wrapper.url + "/readyz") as resp:
                     readyz.append(resp.status)
-                if stop.is_set():
-                    return
-                await asyncio.sleep(0.02)
+                return stop.is_set()
+
+            await eventually(sample, 40, "the end of the fault window", interval=0.02)
 
     poller = asyncio.create_task(poll())
     try:
@@ -436,7 +451,8 @@ async def test_an_oversized_watch_event_does_not_kill_the_reflector() -> None:
     await fake.start()
     try:
         async with running_wrapper(fake.url) as w:
-            task = next(t for t in w.informers._tasks if t.get_name() == "reflector:services")
+            # Tasks are named for /debug/pprof/tasks: "reflector:<resource>".
+            task = next(t for t in asyncio.all_tasks() if t.get_name() == "reflector:services")
             await eventually(lambda: fake.watches["services"] >= 2 or task.done(), 10, "the reflector to go on")
             assert not task.done(), task.exception() if task.done() else None
             served = await list_items(w.url, SERVICES)
