@@ -28,6 +28,7 @@ from tests.support.faultkit import (
     running_wrapper,
     write_kubeconfig,
 )
+from tests.support.stack import wait_applied
 from tests.support.waiting import eventually
 from wrapper.compose import Running
 from wrapper.serving import ServeSettings
@@ -72,13 +73,14 @@ async def _drain(sock: socket.socket, timeout: float) -> bytes:
 
 
 async def _fill_until(sim: Simulator, w: Running, done: Any, limit: int = 400) -> None:
-    """Patch a Service with ~64 KiB annotations (fills socket buffers fast) until ``done()`` (bounded)."""
+    """Patch a Service with ~64 KiB annotations (fills socket buffers fast) until ``done()`` (bounded);
+    each change reaches the wrapper before the next."""
     blob = "x" * (64 << 10)
     for i in range(limit):
         if done():
             return
         sim.patch(SERVICES, "default", "plain-svc", {"metadata": {"annotations": {"blob": f"{i}{blob}"}}})
-        await asyncio.sleep(0.005)
+        await wait_applied(w, sim)
     raise AssertionError("the condition never held while generating events")
 
 
@@ -124,7 +126,11 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(si
         sock = await _raw_watch_that_never_reads(w.url, SERVICES.collection_path())
         try:
             await eventually(lambda: len(w.watches) == 1, 5, "the slow watch to open")
-            await _fill_until(sim, w, lambda: len(w.watches) == 0)
+            # Until the writer is stuck on the full socket (events wait behind its write)...
+            await _fill_until(sim, w, lambda: len(w.watches) == 0 or any(
+                i.backlog > 0 for i in w.watches.watches.values()))
+            # ...which the write timeout ends.
+            await eventually(lambda: len(w.watches) == 0, 10, "the stuck watch to be dropped at the write timeout")
             # Its connection was aborted, not left open with buffers full: reading ends.
             data = await _drain(sock, 20)
         finally:
@@ -209,11 +215,11 @@ async def test_sigterm_ends_open_watches_cleanly_and_the_process_exits_zero(sim:
                 return (await get_text(url + "/readyz"))[0] == 200
             return False
 
-        for _ in range(300):
-            if await ready() or proc.returncode is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert proc.returncode is None and await ready(), "the wrapper never became ready"
+        async def ready_or_exited() -> bool:
+            return proc.returncode is not None or await ready()
+
+        await eventually(ready_or_exited, 15, "the wrapper process to become ready", interval=0.05)
+        assert proc.returncode is None, "the wrapper exited"
         async with aiohttp.ClientSession() as session:
             async with session.get(url + NODES.collection_path(), params={"watch": "true"}) as resp:
                 assert resp.status == 200
