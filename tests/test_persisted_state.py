@@ -342,7 +342,8 @@ def mutations(draw: st.DrawFn, items: dict[str, list[Any]]) -> str:
     return f"{plural}[{index}] {'.'.join(map(str, path))}: {action}"
 
 
-snapshot_rvs = st.one_of(st.just(BASE_RV), st.sampled_from([0, -1, True, 1.5, "7", None, [], (1 << 64) - 1]))
+snapshot_rvs: st.SearchStrategy[object] = st.one_of(
+    st.just(BASE_RV), st.sampled_from([0, -1, True, 1.5, "7", None, [], (1 << 64) - 1]))
 
 
 @FUZZ
