@@ -1,6 +1,6 @@
 """Helpers shared by the tests: real servers, model clients, oracles, and how to wait.
 
-Waiting (README of the rule: wait on conditions, never on the clock; no timing assertions):
+Waiting (the rule: wait on conditions, never on the clock; no timing assertions in tests):
 
 - ``waiting.eventually(predicate, timeout, what)`` polls a plain or async predicate until it is
   truthy, returns its value, and fails with ``what`` after ``timeout`` seconds. Use it for every
