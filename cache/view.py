@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from cache.timers import Timers
 from kubeapi.resources import Resource, object_key
 from kubeapi.rv import rv_of
 from kubeapi.types import JSONDict
@@ -154,7 +155,7 @@ class View:
 
     def __init__(
         self, resource: Resource, *, max_events: int = 20000, budget: HistoryBudget | None = None,
-        wake_interval: float = DEFAULT_WAKE_INTERVAL,
+        wake_interval: float = DEFAULT_WAKE_INTERVAL, timers: Callable[[], Timers] = asyncio.get_running_loop,
     ) -> None:
         self.resource = resource
         self.objects: dict[str, Entry] = {}
@@ -182,7 +183,9 @@ class View:
         self._last_wake = -self.burst_wake_interval
         self._seq_at_wake = 0
         self._last_batch = 0  # events the last wake carried
-        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_handle: object | None = None
+        # The wake-ups' clock and timers: the running loop (tests: a fake clock they advance).
+        self._timers = timers
         self._sorted_keys: list[str] | None = None
         self._kind_prefix = orjson.dumps({"kind": resource.kind, "apiVersion": resource.api_version})[:-1] + b","
 
@@ -459,7 +462,7 @@ class View:
         if self._wake_handle is not None:
             return  # a wake is already due; it will cover this event too
         try:
-            loop = asyncio.get_running_loop()
+            loop = self._timers()
         except RuntimeError:  # no loop (a synchronous caller): nobody can be waiting
             self._release_waiters()
             return
@@ -474,7 +477,7 @@ class View:
 
     def _due_wake(self) -> None:
         self._wake_handle = None
-        self._last_wake = asyncio.get_running_loop().time()
+        self._last_wake = self._timers().time()
         self._release_waiters()
 
     def _release_waiters(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.waiting import eventually
 from wrapper.options import build_parser, parse_address
 
 
@@ -112,18 +114,18 @@ async def test_unreachable_apiserver_keeps_retrying_and_stays_not_ready(tmp_path
     try:
         statuses: list[int] = []
         async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
+
+            async def three_answers() -> bool:
+                """Ask /readyz and /livez once (the listener may not be up yet); True at the third answer."""
+                with contextlib.suppress(aiohttp.ClientConnectionError):
                     async with s.get(f"http://127.0.0.1:{port}/readyz") as resp:
                         statuses.append(resp.status)
                     async with s.get(f"http://127.0.0.1:{port}/livez") as resp:
                         assert resp.status == 200
-                    if len(statuses) >= 3:
-                        break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        assert statuses and set(statuses) == {503}
+                return len(statuses) >= 3
+
+            await eventually(three_answers, 20, "three answers from /readyz", interval=0.1)
+        assert set(statuses) == {503}
         assert proc.returncode is None  # still running, still retrying
     finally:
         proc.terminate()

@@ -770,8 +770,8 @@ async def test_every_request_the_publisher_makes_is_granted_by_its_rbac() -> Non
     from kubeapi.resources import CONFIGMAPS, NODES, match_path
     from publisher.leader import LeaderElector, LeaseSettings
     from publisher.writer import AlwaysLeader, PublisherSettings, TopologyPublisher
-    from tests.support.faultkit import wait_for
     from tests.support.stack import running_simulator
+    from tests.support.waiting import eventually
 
     cluster_grants = grants_of(one("ClusterRole", name=PUBLISHER))
     namespaced = grants_of(one("Role", name=PUBLISHER)) | cluster_grants
@@ -789,13 +789,13 @@ async def test_every_request_the_publisher_makes_is_granted_by_its_rbac() -> Non
             return [c["metadata"]["name"] for c in sim.list(CONFIGMAPS, "edge-system", label_selector=LABEL_SELECTOR)]
 
         try:
-            await wait_for(lambda: len(bucket_names()) == 2, what="two buckets")
+            await eventually(lambda: len(bucket_names()) == 2, what="two buckets")
             for i in range(3):
                 sim.create(NODES, node(f"edge-{i}", f"10.1.0.{i}", {"location": "x"}))
-            await wait_for(lambda: len(bucket_names()) == 4 and publisher.settled, what="a re-shard")
+            await eventually(lambda: len(bucket_names()) == 4 and publisher.settled, what="a re-shard")
             first = bucket_names()[0]
             sim.patch_labels(CONFIGMAPS, "edge-system", first, dict.fromkeys(BUCKET_LABELS))
-            await wait_for(lambda: first in bucket_names(), what="the bucket restored")
+            await eventually(lambda: first in bucket_names(), what="the bucket restored")
         finally:
             for task in tasks:
                 task.cancel()

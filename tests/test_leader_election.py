@@ -17,8 +17,8 @@ from apisim import Simulator
 from cache.apiclient import ApiClient
 from kubeapi.resources import LEASES
 from publisher.leader import LeaderElector, LeaseSettings
-from tests.support.faultkit import wait_for
 from tests.support.stack import running_simulator
+from tests.support.waiting import eventually
 
 NS = "edge-system"
 LEASE = "topology-publisher"
@@ -66,7 +66,8 @@ async def candidates(sim: Simulator, *names: str) -> AsyncIterator[list[Candidat
     async with ApiClient(sim.url) as client:
         out = []
         for name in names:
-            clock, changes = Clock(), []
+            clock = Clock()
+            changes: list[bool] = []
             elector = LeaderElector(client, NS, LEASE, name, SETTINGS, on_change=changes.append, clock=clock)
             out.append(Candidate(elector, clock, asyncio.create_task(elector.run()), changes))
         try:
@@ -91,10 +92,10 @@ def lease_writes(sim: Simulator) -> int:
 
 async def test_one_of_two_candidates_leads_and_keeps_renewing_while_the_other_waits(sim: Simulator) -> None:
     async with candidates(sim, "a", "b") as (a, b):
-        await wait_for(lambda: a.elector.is_leader or b.elector.is_leader, what="a leader")
+        await eventually(lambda: a.elector.is_leader or b.elector.is_leader, what="a leader")
         leader, follower = (a, b) if a.elector.is_leader else (b, a)
         writes = lease_writes(sim)
-        await wait_for(lambda: lease_writes(sim) >= writes + 5, what="five renewals")
+        await eventually(lambda: lease_writes(sim) >= writes + 5, what="five renewals")
         assert leader.elector.is_leader and not follower.elector.is_leader
         assert lease(sim)["holderIdentity"] == leader.elector.identity
         assert lease(sim)["leaseDurationSeconds"] == 15 and lease(sim)["leaseTransitions"] == 0
@@ -104,55 +105,55 @@ async def test_one_of_two_candidates_leads_and_keeps_renewing_while_the_other_wa
 
 async def test_when_the_leader_dies_the_other_takes_over_once_the_lease_duration_has_passed(sim: Simulator) -> None:
     async with candidates(sim, "a", "b") as (a, b):
-        await wait_for(lambda: a.elector.is_leader or b.elector.is_leader, what="a leader")
+        await eventually(lambda: a.elector.is_leader or b.elector.is_leader, what="a leader")
         leader, follower = (a, b) if a.elector.is_leader else (b, a)
         await leader.crash()
         # The follower keeps reading the Lease and sees its last renewal (at its clock's "now") ...
         reads = lease_reads(sim)
-        await wait_for(lambda: lease_reads(sim) >= reads + 2, what="the follower's attempts")
+        await eventually(lambda: lease_reads(sim) >= reads + 2, what="the follower's attempts")
         # ... and by its clock the holder's term has not run out yet.
         follower.clock.now += 14.9
         reads = lease_reads(sim)
-        await wait_for(lambda: lease_reads(sim) >= reads + 5, what="the follower's attempts")
+        await eventually(lambda: lease_reads(sim) >= reads + 5, what="the follower's attempts")
         assert not follower.elector.is_leader and lease(sim)["holderIdentity"] == leader.elector.identity
         follower.clock.now += 0.2  # 15.1 s since it last saw the Lease change: expired
-        await wait_for(lambda: follower.elector.is_leader, what="the takeover")
+        await eventually(lambda: follower.elector.is_leader, what="the takeover")
         spec = lease(sim)
         assert spec["holderIdentity"] == follower.elector.identity and spec["leaseTransitions"] == 1
 
 
 async def test_a_leader_that_stops_releases_the_lease_and_the_other_takes_over_at_once(sim: Simulator) -> None:
     async with candidates(sim, "a", "b") as (a, b):
-        await wait_for(lambda: a.elector.is_leader or b.elector.is_leader, what="a leader")
+        await eventually(lambda: a.elector.is_leader or b.elector.is_leader, what="a leader")
         leader, follower = (a, b) if a.elector.is_leader else (b, a)
         await leader.stop()
         assert leader.changes == [True, False]
         # No clock moves: an empty holder is free to take.
-        await wait_for(lambda: follower.elector.is_leader, what="the takeover")
+        await eventually(lambda: follower.elector.is_leader, what="the takeover")
         assert lease(sim)["holderIdentity"] == follower.elector.identity
 
 
 async def test_a_leader_that_cannot_renew_stops_leading_when_its_renew_deadline_passes(sim: Simulator) -> None:
     async with candidates(sim, "a") as (a,):
-        await wait_for(lambda: a.elector.is_leader, what="a leader")
+        await eventually(lambda: a.elector.is_leader, what="a leader")
         # Another holder takes the Lease behind its back (as after a long pause of this process).
         current = sim.get(LEASES, NS, LEASE)
         current["spec"]["holderIdentity"] = "someone-else"
         sim.update(LEASES, current)
         reads = lease_reads(sim)
-        await wait_for(lambda: lease_reads(sim) >= reads + 3, what="failed renewals")
+        await eventually(lambda: lease_reads(sim) >= reads + 3, what="failed renewals")
         assert a.elector.holder == "someone-else"
         a.clock.now += 9.9
-        await wait_for(lambda: lease_reads(sim) >= reads + 6, what="more failed renewals")
+        await eventually(lambda: lease_reads(sim) >= reads + 6, what="more failed renewals")
         assert a.changes == [True]  # still within its renew deadline
         a.clock.now += 0.2
-        await wait_for(lambda: a.changes == [True, False], what="stepping down")
+        await eventually(lambda: a.changes == [True, False], what="stepping down")
         assert not a.elector.is_leader and lease(sim)["holderIdentity"] == "someone-else"
 
 
 async def test_is_leader_turns_false_by_itself_once_renewals_stop_succeeding(sim: Simulator) -> None:
     async with candidates(sim, "a") as (a,):
-        await wait_for(lambda: a.elector.is_leader, what="a leader")
+        await eventually(lambda: a.elector.is_leader, what="a leader")
         await a.crash()  # no more renewals, whatever the reason
         a.clock.now += 10.0
         assert not a.elector.is_leader  # the publisher asks this before each write

@@ -8,7 +8,9 @@ writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import operator
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,8 +28,8 @@ from kubeapi.resources import CONFIGMAPS, NODES, SERVICES
 from publisher.informer import Informer
 from publisher.leader import LeaderElector, LeaseSettings
 from publisher.writer import AlwaysLeader, Leadership, PublisherSettings, TopologyPublisher
-from tests.support.faultkit import wait_for
 from tests.support.stack import running_simulator
+from tests.support.waiting import eventually
 
 NS = "edge-system"
 CM_PATH = f"/api/v1/namespaces/{NS}/configmaps"
@@ -79,7 +81,7 @@ def bucket_writes(sim: Simulator) -> int:
 
 
 async def published_as(sim: Simulator, keys: set[str]) -> None:
-    await wait_for(lambda: published(sim) == expected(sim, keys) and
+    await eventually(lambda: published(sim) == expected(sim, keys) and
                    all(decode_bucket(cm).keys == keys for cm in buckets(sim)), what=f"buckets tracking {keys}")
 
 
@@ -95,7 +97,7 @@ async def test_a_heartbeat_or_an_untracked_label_writes_nothing_and_a_tracked_la
         sim: Simulator) -> None:
     async with publishing(sim) as publisher:
         await published_as(sim, {"location"})
-        await wait_for(lambda: publisher.settled, what="the publisher to settle")
+        await eventually(lambda: publisher.settled, what="the publisher to settle")
         before = bucket_writes(sim)
         for i in range(5):  # status heartbeats, and a label no Service reads
             sim.patch(NODES, None, "gz-2", {"status": {"conditions": [
@@ -158,7 +160,7 @@ async def test_a_bucket_edited_into_garbage_is_rewritten_and_a_stray_one_deleted
         stray = {"metadata": {"name": "node-topology-stray", "namespace": NS, "labels": dict(BUCKET_LABELS)},
                  "data": {"x": "y"}}
         sim.create(CONFIGMAPS, stray)
-        await wait_for(lambda: [c["metadata"]["name"] for c in buckets(sim)] == [name], what="the stray deleted")
+        await eventually(lambda: [c["metadata"]["name"] for c in buckets(sim)] == [name], what="the stray deleted")
         await published_as(sim, {"location"})
 
 
@@ -174,7 +176,7 @@ async def test_a_bucket_whose_labels_someone_removed_is_found_and_rewritten(sim:
 async def test_a_failed_write_is_retried_after_a_back_off(sim: Simulator) -> None:
     async with publishing(sim) as publisher:
         await published_as(sim, {"location"})
-        await wait_for(lambda: publisher.settled, what="the publisher to settle")
+        await eventually(lambda: publisher.settled, what="the publisher to settle")
         sim.fail_next(2, 500, "etcd is having a bad day")
         sim.patch_labels(NODES, None, "bj-3", {"location": "tianjin"})
         await published_as(sim, {"location"})
@@ -184,7 +186,7 @@ async def test_a_failed_write_is_retried_after_a_back_off(sim: Simulator) -> Non
 async def test_a_burst_of_changes_is_written_in_one_pass(sim: Simulator) -> None:
     async with publishing(sim, debounce=1.0) as publisher:
         await published_as(sim, {"location"})
-        await wait_for(lambda: publisher.settled, what="the publisher to settle")
+        await eventually(lambda: publisher.settled, what="the publisher to settle")
         before = bucket_writes(sim)
         for i in range(20):
             sim.create(NODES, node(f"edge-{i}", f"10.1.0.{i}", {"location": "beijing"}))
@@ -199,7 +201,8 @@ async def test_re_sharding_never_hides_a_node_from_a_watching_reader(sim: Simula
                               .read())
         view = BucketSet()
         view.replace(decode_bucket(cm) for cm in listed["items"])
-        seen, hidden = set(view.nodes), []
+        seen = set(view.nodes)
+        hidden: list[str] = []
         generations = {b.generation for b in view.buckets.values()}
 
         async def read() -> None:
@@ -221,8 +224,10 @@ async def test_re_sharding_never_hides_a_node_from_a_watching_reader(sim: Simula
         try:
             for i in range(6):  # 4 nodes in 2 buckets of 2 -> 10 nodes in 8
                 sim.create(NODES, node(f"edge-{i}", f"10.1.0.{i}", {"location": "beijing"}))
-                await wait_for(lambda i=i: f"edge-{i}" in view.nodes, what=f"edge-{i} in the reader's view")
-            await wait_for(lambda: view.nodes == expected(sim, {"location"}), what="the reader's view")
+                name = f"edge-{i}"
+                await eventually(functools.partial(operator.contains, view.nodes, name),
+                                 what=f"{name} in the reader's view")
+            await eventually(lambda: view.nodes == expected(sim, {"location"}), what="the reader's view")
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -242,7 +247,7 @@ async def test_only_the_leader_writes_and_the_other_replica_takes_over_when_it_s
             publisher.leadership = elector
             electors.append((elector, asyncio.create_task(elector.run())))
         try:
-            await wait_for(lambda: any(e.is_leader for e, _ in electors), what="a leader")
+            await eventually(lambda: any(e.is_leader for e, _ in electors), what="a leader")
             (leader, leader_task), (follower, _) = sorted(electors, key=lambda e: not e[0].is_leader)
             writer, idle = (first, second) if leader.identity == "first" else (second, first)
             await published_as(sim, {"location"})
@@ -254,7 +259,7 @@ async def test_only_the_leader_writes_and_the_other_replica_takes_over_when_it_s
             leader_task.cancel()
             await asyncio.gather(leader_task, return_exceptions=True)
             assert await leader.release()
-            await wait_for(lambda: follower.is_leader, what="the takeover")
+            await eventually(lambda: follower.is_leader, what="the takeover")
             stopped = (writer.counts.created, writer.counts.replaced, writer.counts.deleted)
             sim.patch_labels(NODES, None, "bj-1", {"location": "shanghai"})
             await published_as(sim, {"location"})
@@ -283,9 +288,9 @@ async def test_the_node_informer_asks_for_metadata_only(sim: Simulator) -> None:
         informer = Informer(client, NODES, Sink(), metadata_only=True, settings=FAST)
         task = asyncio.create_task(informer.run())
         try:
-            await wait_for(lambda: len(received) == 4, what="the list")
+            await eventually(lambda: len(received) == 4, what="the list")
             sim.patch_labels(NODES, None, "bj-1", {"zone": "x"})
-            await wait_for(lambda: len(received) == 5, what="the event")
+            await eventually(lambda: len(received) == 5, what="the event")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

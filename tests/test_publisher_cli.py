@@ -22,8 +22,9 @@ from kubeapi.node_topology import LABEL_SELECTOR, BucketSet, decode_bucket
 from kubeapi.resources import CONFIGMAPS, LEASES
 from kubeapi.status import StatusError
 from publisher.options import DEFAULT_LEASE_NAME, build_parser
-from tests.support.faultkit import wait_for, write_kubeconfig
+from tests.support.faultkit import write_kubeconfig
 from tests.support.stack import running_simulator
+from tests.support.waiting import eventually
 
 NS = "topology"
 
@@ -92,7 +93,7 @@ async def test_the_process_publishes_holds_the_lease_and_hands_it_over_on_sigter
         return view.nodes
 
     try:
-        await wait_for(lambda: published().get("bj-1") == {"location": "beijing"}, 30, "the buckets")
+        await eventually(lambda: published().get("bj-1") == {"location": "beijing"}, 30, "the buckets")
         assert len(published()) == 4 and holder()
     finally:
         proc.send_signal(signal.SIGTERM)

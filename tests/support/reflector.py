@@ -123,12 +123,12 @@ class ReflectorModel:
                 if self.streaming and exc.drop_rv:
                     self.last_rv = ""  # client-go's watch-list: the RV is "unavailable"
                 self.relists += 1
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff)  # client-go's back-off, modelled (not a wait for anything)
                 backoff = min(backoff * 2, 1.0)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Transport errors: re-watch from the last RV after a back-off, as client-go does.
                 self.relist_reasons.append(f"transport: {exc!r}")
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff)  # the modelled back-off
                 backoff = min(backoff * 2, 1.0)
 
     # ---- list ----------------------------------------------------------------------
@@ -239,8 +239,10 @@ class ReflectorModel:
             raise _Relist("wrong kind")
         rv_raw = (obj.get("metadata") or {}).get("resourceVersion")
         try:
+            if not isinstance(rv_raw, str | int):
+                raise ValueError(rv_raw)
             rv = int(rv_raw)
-        except (TypeError, ValueError):
+        except ValueError:
             self.violations.append(f"{type_} without a resourceVersion")
             raise _Relist("event without resourceVersion") from None
         if rv < self._stream_rv:
