@@ -43,8 +43,9 @@ _INDEX = """<!doctype html>
  <code>?stop=1</code> stops it)</li>
 <li><a href="/debug/pprof/tasks">tasks</a>: every asyncio task with its stack</li>
 <li><a href="/debug/cache">cache</a>: objects, resourceVersion, sync state, history, watchers per resource</li>
-<li><a href="/debug/topology">topology</a>: the local node, and for each opted-in Service the keys, the key
- that won and every endpoint kept or dropped with the reason (<code>?service=ns/name</code>)</li>
+<li><a href="/debug/topology">topology</a>: the local node, the filters running, and for each Service a filter
+ is involved in, each filter's decision and its reason, down to every endpoint kept or dropped
+ (<code>?service=ns/name</code>)</li>
 <li><a href="/metrics">metrics</a>: Prometheus metrics</li>
 </ul>
 <p>Local node: {node}</p>
@@ -208,8 +209,8 @@ class Debug:
         report = self.cache.explain(service)
         if service is not None and not report["services"]:
             raise StatusError(status.failure(
-                404, f"service {service} has no topology annotation (or does not exist); its endpoints pass "
-                "unfiltered", "NotFound"))
+                404, f"service {service} carries no annotation of a running filter (or does not exist); it is "
+                "served unfiltered", "NotFound"))
         return _json(report)
 
 
