@@ -42,7 +42,7 @@ def _group(name: str, version: str = "v1") -> JSONDict:
 CORE_V1 = _resource_list("v1", [
     _res("endpoints", "endpoints", "Endpoints", True, ("ep",)),
     _res("events", "event", "Event", True, ("ev",)),
-    _res("namespaces", "namespace", "Namespace", False, ("ns",), ["get", "list"]),
+    _res("namespaces", "namespace", "Namespace", False, ("ns",), ["get", "list", "watch"]),
     _sub("namespaces/status", "Namespace", False),
     _res("nodes", "node", "Node", False, ("no",)),
     _sub("nodes/status", "Node", False),
