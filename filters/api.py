@@ -181,5 +181,5 @@ class Filter(Generic[P]):
 
     def explain_malformed(self, service: str, malformed: Malformed) -> JSONDict:
         return {"service": service, "filter": self.name, "annotation": malformed.source, "value": malformed.value,
-                "malformed": malformed.reason, "result": "passes unfiltered"}
+                "malformed": malformed.reason, "result": self.if_malformed}
 

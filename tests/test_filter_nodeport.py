@@ -123,6 +123,8 @@ def test_a_node_without_a_pool_is_left_unfiltered(node: str) -> None:
 def test_an_entry_that_can_never_name_a_pool_makes_the_annotation_malformed(value: str, why: str) -> None:
     parsed = NODEPORT_ISOLATION.parse(service(listen=value))
     assert isinstance(parsed, Malformed) and why in parsed.reason and LISTEN_ANNOTATION in parsed.reason
+    record = NODEPORT_ISOLATION.explain_malformed("default/web", parsed)
+    assert record["malformed"] == parsed.reason and record["result"] == "its node ports stay open on every node"
 
 
 @pytest.mark.parametrize(("svc", "involved"), [
