@@ -12,6 +12,7 @@ to lists and watches alike. Clients such as CoreDNS list and watch them; kubectl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -79,22 +80,28 @@ async def serve(request: web.Request, store: Store, ctl: WatchControl, created: 
     timeout = float(opts.timeout_seconds or default_timeout * (1 + random.random()))
     resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
     await resp.prepare(request)
-    rv = opts.resource_version
+    with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away
+        await _stream(resp, store, ctl, created, flt, opts.resource_version, opts.send_initial_events,
+                      opts.allow_bookmarks, timeout, wait_rv)
+    return resp
+
+
+async def _stream(resp: web.StreamResponse, store: Store, ctl: WatchControl, created: str, flt: Filter,
+                  rv: int | None, send_initial: bool | None, bookmarks: bool, timeout: float,
+                  wait_rv: Callable[[int], Awaitable[bool]]) -> None:
     if rv and not await wait_rv(rv):
         await resp.write(_line("ERROR", orjson.dumps(status.too_large_rv(rv, store.rv).status)))
-        return resp
+        return
     seen = current(store, created)
-    initial = opts.send_initial_events or (opts.send_initial_events is None and not rv)
-    if initial:
+    if send_initial or (send_initial is None and not rv):
         for entry in seen.values():
             if flt.matches(entry):
                 await resp.write(_line("ADDED", _typed(entry)))
-        if opts.send_initial_events and opts.allow_bookmarks:
+        if send_initial and bookmarks:
             await resp.write(_bookmark(store.rv, initial_end=True))
     elif rv:  # a resume: what appeared after rv is new to this client
         seen = {n: e for n, e in seen.items() if e.rv <= rv}
-    await _follow(resp, store, ctl, created, flt, seen, opts.allow_bookmarks, timeout)
-    return resp
+    await _follow(resp, store, ctl, created, flt, seen, bookmarks, timeout)
 
 
 async def _follow(resp: web.StreamResponse, store: Store, ctl: WatchControl, created: str, flt: Filter,
