@@ -670,3 +670,26 @@ def test_the_image_and_the_daemonset_cap_malloc_arenas(container: Doc) -> None:
     assert env["MALLOC_ARENA_MAX"]["value"] == "2"
     final = parse_dockerfile(DOCKERFILE.read_text())[-1]
     assert "MALLOC_ARENA_MAX=2" in " ".join(final.args("ENV")).split(), "the image's ENV sets it"
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) paths the docs and manifests point at exist
+# ---------------------------------------------------------------------------------------------
+
+_TOP = "manifests|docs|scripts|bench|tests|apisim|wrapper|cache|filters|kubeapi|publisher"
+_PATH_REF = re.compile(rf"(?<![\w/.-])((?:{_TOP})/[A-Za-z0-9_./-]*[A-Za-z0-9_/])")
+
+
+def test_every_repository_path_named_in_the_docs_and_manifests_exists() -> None:
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(MANIFESTS.rglob("*.yaml")),
+               DOCKERFILE]
+    missing = []
+    for source in sources:
+        for ref in _PATH_REF.findall(source.read_text()):
+            target = ROOT / ref.rstrip("/")
+            # "results/<time>.json"-style placeholders and glob patterns are not paths.
+            if "<" in ref or "*" in ref:
+                continue
+            if not target.exists():
+                missing.append(f"{source.relative_to(ROOT)}: {ref}")
+    assert not missing, missing

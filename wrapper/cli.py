@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import uvloop
@@ -28,12 +29,23 @@ from wrapper.options import (
 log = logging.getLogger("application-grid-wrapper")
 
 
+def upstream_config(flag: str | None, env: Mapping[str, str]) -> tuple[str | None, str]:
+    """Which kubeconfig reaches the apiserver, and how to say so: ``--kubeconfig``, then ``$KUBECONFIG``
+    (as kubectl reads it), else the in-cluster service account (None)."""
+    if flag:
+        return flag, f"--kubeconfig {flag}"
+    if env.get("KUBECONFIG"):
+        return env["KUBECONFIG"], f"$KUBECONFIG ({env['KUBECONFIG']})"
+    return None, "the in-cluster service account (no --kubeconfig and no $KUBECONFIG)"
+
+
 async def serve_main(args: argparse.Namespace) -> None:
     if not args.hostname:
         raise StartupError("the local node name is unknown: pass --hostname or set NODE_NAME", 2)
     tls = tls_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
+    kubeconfig, source = upstream_config(args.kubeconfig, os.environ)
     try:
-        client = await ApiClient.from_kubeconfig(args.kubeconfig)
+        client = await ApiClient.from_kubeconfig(kubeconfig)
     except ConfigError as exc:
         raise StartupError(str(exc), 2) from exc
     async with client:  # created here, so closed here
@@ -47,7 +59,8 @@ async def serve_main(args: argparse.Namespace) -> None:
                                       authorizer=client_authorizer(client, args),
                                       limits=connection_limits(args), gc_tuning=args.gc_tuning,
                                       pipeline=pipeline(args))
-        log.info("serving %s for node %s, upstream %s", running.url, args.hostname, client.base_url)
+        log.info("serving %s for node %s; apiserver %s, from %s", running.url, args.hostname, client.base_url,
+                 source)
         try:
             await wait_for_signal()
             log.info("shutting down")
