@@ -43,7 +43,7 @@ CORE_V1 = _resource_list("v1", [
     _res("configmaps", "configmap", "ConfigMap", True, ("cm",)),
     _res("endpoints", "endpoints", "Endpoints", True, ("ep",)),
     _res("events", "event", "Event", True, ("ev",)),
-    _res("namespaces", "namespace", "Namespace", False, ("ns",), ["get", "list"]),
+    _res("namespaces", "namespace", "Namespace", False, ("ns",), ["get", "list", "watch"]),
     _sub("namespaces/status", "Namespace", False),
     _res("nodes", "node", "Node", False, ("no",)),
     _sub("nodes/status", "Node", False),

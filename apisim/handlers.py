@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from apisim import discovery, errors, listing, reviews
+from apisim import discovery, errors, listing, namespaces, reviews
 from apisim.faults import Faults
 from apisim.patch import PATCH_TYPES
 from apisim.registry import Registry, copy_json, now_rfc3339
@@ -29,7 +29,6 @@ JSON = "application/json"
 _EVENTS = re.compile(r"^/(?:api/v1|apis/events\.k8s\.io/v1)/namespaces/(?P<ns>[^/]+)/events(?:/(?P<name>[^/]+))?/?$")
 _NAMESPACES = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
 _HEALTH = ("/healthz", "/readyz", "/livez")
-_BUILTIN_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
 
 
 def json_response(body: bytes, code: int = 200) -> web.Response:
@@ -104,9 +103,9 @@ class Handlers:
             return await self._event(request, m.group("ns"), m.group("name"))
         m = _NAMESPACES.match(path)
         if m and request.method == "GET":
-            if request.query.get("watch", "").lower() in ("1", "true", "t"):
-                raise status.method_not_allowed("WATCH", "namespaces")  # read-only, derived; never changes
-            return self._namespaces(m.group("name"))
+            sim = self.sim
+            return await namespaces.serve(request, sim.store, sim.watch_ctl, sim.started_at, m.group("name"),
+                                          sim.wait_rv, sim.default_watch_timeout)
         rp = match_path(path, SERVED_BY_PLURAL)
         if rp is None:
             raise _not_found_path()
@@ -248,7 +247,7 @@ class Handlers:
             sim.watch_ctl.requests.pop(id(request), None)
         return resp
 
-    # -- events and namespaces -------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------
 
     async def _event(self, request: web.Request, namespace: str, name: str | None) -> web.Response:
         """Accept kube-proxy's events (often protobuf) and keep the JSON ones for inspection."""
@@ -278,21 +277,3 @@ class Handlers:
         obj["metadata"], obj["kind"], obj["apiVersion"] = meta, "Event", api_version
         self.sim.record_event(obj)
         return json_response(orjson.dumps(obj), 201 if request.method == "POST" else 200)
-
-    def _namespaces(self, name: str | None) -> web.Response:
-        """Read-only namespaces, derived from the stored objects (kubectl completion, `get ns`)."""
-        names = set(_BUILTIN_NAMESPACES)
-        for rs in self.sim.store.resources.values():
-            if rs.resource.namespaced:
-                names.update(k.split("/", 1)[0] for k in rs.objects)
-        def ns(n: str) -> JSONDict:
-            return {"metadata": {"name": n, "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, n)),
-                                 "creationTimestamp": self.sim.started_at},
-                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
-        if name is not None:
-            if name not in names:
-                raise status.not_found("", "namespaces", name)
-            return json_response(orjson.dumps({"kind": "Namespace", "apiVersion": "v1", **ns(name)}))
-        body = {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": str(self.sim.store.rv)},
-                "items": [ns(n) for n in sorted(names)]}
-        return json_response(orjson.dumps(body))

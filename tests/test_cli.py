@@ -97,6 +97,20 @@ def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(proc, "cannot listen", str(port))
 
 
+@pytest.mark.parametrize(("spec", "needle"), [("*,nodeport-isolaton", "unknown filter 'nodeport-isolaton'"),
+                                              ("topology,-topology", "both added and removed")])
+def test_a_bad_filter_selection_is_a_one_line_usage_error(spec: str, needle: str) -> None:
+    proc = run_cli("--hostname", "bj-1", f"--filters={spec}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert needle in proc.stderr.splitlines()[-1] and "--filters" in proc.stderr.splitlines()[-1]
+
+
+def test_the_filters_flag_turns_the_edge_policy_on_and_a_default_filter_off() -> None:
+    names = [f.name for f in build_parser().parse_args(["--filters=*,discard-cloud-services,-topology"]).filters]
+    assert names == ["discard-cloud-services", "nodeport-isolation"]
+    assert [f.name for f in build_parser().parse_args([]).filters] == ["nodeport-isolation", "topology"]
+
+
 def test_bad_bind_address_is_a_usage_error() -> None:
     proc = run_cli("--hostname", "bj-1", "--bind-address", "nonsense")
     assert proc.returncode == 2

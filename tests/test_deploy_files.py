@@ -483,6 +483,14 @@ NOT_LENT = [
     ("POST", "/api/v1/namespaces/default/events", ("", "events", "create")),
     ("PATCH", "/api/v1/namespaces/default/events/kube-proxy.1", ("", "events", "patch")),
     ("GET", "/apis/networking.k8s.io/v1/servicecidrs/kubernetes", ("networking.k8s.io", "servicecidrs", "get")),
+    ("GET", "/api/v1/namespaces/kube-system/pods", ("", "pods", "list")),
+    ("GET", "/api/v1/namespaces/kube-system/status", ("", "namespaces/status", "get")),
+    ("DELETE", "/api/v1/namespaces/kube-system", ("", "namespaces", "delete")),
+]
+# Lent too, but granted only by the optional components/coredns (a node-local CoreDNS's Namespaces).
+LENT_WITH_COREDNS = [
+    ("GET", "/api/v1/namespaces", ("", "namespaces", "list")),
+    ("GET", "/api/v1/namespaces/kube-system", ("", "namespaces", "get")),
 ]
 
 
@@ -495,6 +503,22 @@ def test_cluster_role_grants_what_the_wrapper_lends_its_identity_to_and_nothing_
     for method, path, grant in NOT_LENT:
         assert not may_lend_identity(method, path), (method, path)
         assert grant not in EXPECTED_GRANTS, grant
+
+
+def test_the_coredns_component_grants_the_namespace_reads_lent_to_coredns_and_nothing_else(tmp_path: Path) -> None:
+    from wrapper.lending import may_lend_identity
+
+    tree = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, tree)
+    with (tree / "kustomization.yaml").open("a") as f:
+        f.write("components:\n  - components/coredns\n")
+    role = one("ClusterRole", kustomize(tree), name=WRAPPER)
+    validate(role)
+    grants = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+              for v in rule["verbs"]}
+    assert grants - EXPECTED_GRANTS == {("", "namespaces", v) for v in ("get", "list", "watch")}
+    for method, path, grant in LENT_WITH_COREDNS:
+        assert may_lend_identity(method, path) and grant in grants and grant not in EXPECTED_GRANTS
 
 
 def test_cluster_role_binding_binds_the_service_account() -> None:

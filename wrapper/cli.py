@@ -21,7 +21,14 @@ from publisher import cli as publisher_cli
 from publisher import options as publisher_options
 from wrapper.compose import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.logs import configure_logging
-from wrapper.options import build_demo_parser, build_parser, check_exposure, connection_limits, serve_settings
+from wrapper.options import (
+    build_demo_parser,
+    build_parser,
+    check_exposure,
+    connection_limits,
+    pipeline,
+    serve_settings,
+)
 
 log = logging.getLogger("application-grid-wrapper")
 
@@ -54,7 +61,8 @@ async def serve_main(args: argparse.Namespace) -> None:
                                       snapshot_interval=args.snapshot_interval,
                                       offline_grace=None if args.ready_while_offline else args.offline_grace,
                                       authorizer=client_authorizer(client, args),
-                                      limits=connection_limits(args), gc_tuning=args.gc_tuning)
+                                      limits=connection_limits(args), gc_tuning=args.gc_tuning,
+                                      pipeline=pipeline(args))
         log.info("serving %s for node %s; apiserver %s, from %s", running.url, args.hostname, client.base_url,
                  source)
         try:

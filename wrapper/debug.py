@@ -45,8 +45,9 @@ class Page:
 
 
 PAGES: tuple[Page, ...] = (
-    Page("/debug/topology", "/debug/topology", "the local node, and for each opted-in Service the keys, the key that "
-         "won and every endpoint kept or dropped with the reason (<code>?service=ns/name</code>)"),
+    Page("/debug/topology", "/debug/topology", "the local node, the filters running, and for each Service a filter "
+         "is involved in, each filter's decision and its reason, down to every endpoint kept or dropped "
+         "(<code>?service=ns/name</code>)"),
     Page("/debug/cache", "/debug/cache", "objects, resourceVersion, sync state, history, upstream state and open "
          "watches per resource"),
     Page("/metrics", "/metrics", "Prometheus metrics"),
@@ -247,8 +248,8 @@ class Debug:
         report = self.cache.explain(service)
         if service is not None and not report["services"]:
             raise StatusError(status.failure(
-                404, f"service {service} has no topology annotation (or does not exist); its endpoints pass "
-                "unfiltered", "NotFound"))
+                404, f"service {service} carries no annotation of a running filter (or does not exist); it is "
+                "served unfiltered", "NotFound"))
         return _json(report)
 
 

@@ -86,6 +86,12 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(f"{NS}_refilter_runs", "Topology re-filter runs", value=cache.refilter_runs)
         yield CounterMetricFamily(f"{NS}_refilter_seconds", "Time spent re-filtering",
                                   value=cache.refilter_seconds)
+        decisions = CounterMetricFamily(
+            f"{NS}_filter_decisions", "Objects each filter served: unchanged, rewritten or hidden (a hidden object "
+            "reaches watchers as DELETED)", labels=["filter", "resource", "outcome"])
+        for (name, resource, outcome), count in sorted(cache.filter_decisions.items()):
+            decisions.add_metric([name, resource, outcome], count)
+        yield decisions
         kept, dropped = cache.filtered_endpoints()
         topo = GaugeMetricFamily(f"{NS}_topology_endpoints", "Endpoints of opted-in Services, kept or dropped",
                                  labels=["decision"])

@@ -11,8 +11,11 @@ import ipaddress
 import math
 import os
 from collections.abc import Callable
+from typing import Any
 
 from cache.buildinfo import IMPLEMENTATION, PYTHON, VERSION
+from filters.api import Filter
+from filters.pipeline import ALL_ON_BY_DEFAULT, Pipeline, describe, select
 from kubeapi.strconv import NumError, parse_decimal, parse_uint
 from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS
 from wrapper.compose import StartupError
@@ -58,7 +61,18 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
+def filter_selection(value: str) -> tuple[Filter[Any], ...]:
+    """An argparse type: ``--filters``, read by filters/ (the wrapper knows no filter's name)."""
+    try:
+        return select(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--filters", type=filter_selection, default=select(ALL_ON_BY_DEFAULT), metavar="LIST",
+                   help="which filters run: '*' for every filter on by default, NAME to add one, -NAME to remove "
+                   f"one, as kube-controller-manager selects its controllers ({describe()}; default '*')")
     p.add_argument("--bind-address", type=parse_address, default=parse_address(DEFAULT_BIND),
                    help=f"address kube-proxy connects to (default {DEFAULT_BIND})")
     p.add_argument("--debug-bind-address", type=parse_address, default=parse_address(DEFAULT_DEBUG_BIND),
@@ -106,6 +120,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
     return ConnectionLimits(header_timeout=args.read_header_timeout, idle_timeout=args.idle_timeout,
                             max_connections=int(args.max_connections))
+
+
+def pipeline(args: argparse.Namespace) -> Pipeline:
+    return Pipeline(args.filters)
 
 
 def version_line() -> str:

@@ -60,6 +60,8 @@ class ReflectorModel:
     streaming: bool = False
     timeout_seconds: tuple[int, int] = (300, 600)
     accept: str = "application/json"
+    # Sent with every request besides Accept (a User-Agent, an Authorization header).
+    headers: dict[str, str] = field(default_factory=dict)
 
     store: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_rv: str = ""
@@ -144,7 +146,7 @@ class ReflectorModel:
     async def _get(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         assert self._session is not None
         url = f"{self.base_url}{self.path}?{urlencode(sorted(query.items()))}"
-        async with self._session.get(url, headers={"Accept": self.accept}) as resp:
+        async with self._session.get(url, headers={**self.headers, "Accept": self.accept}) as resp:
             body = await resp.read()
             ctype = resp.headers.get("Content-Type", "")
             if not ctype.startswith("application/json"):
@@ -201,7 +203,7 @@ class ReflectorModel:
         # A resumed watch carries only what came after its RV; a streaming list's initial
         # objects carry their own (older) RVs.
         self._stream_rv = int(self.last_rv) if self.last_rv and not initial else 0
-        async with self._session.get(url, headers={"Accept": self.accept}) as resp:
+        async with self._session.get(url, headers={**self.headers, "Accept": self.accept}) as resp:
             if resp.status != 200:
                 doc = orjson.loads(await resp.read())
                 if resp.status == 410 or resp.status == 504:
