@@ -1,4 +1,5 @@
-# application-grid-wrapper image.
+# application-grid-wrapper image: the wrapper, and (`application-grid-wrapper publish-topology`) the
+# cluster's node topology publisher.
 #
 # Multi-arch build (needs buildx and, off-arch, QEMU binfmt):
 #   docker buildx build --platform linux/amd64,linux/arm64 \
@@ -17,6 +18,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY wrapper/ wrapper/
+COPY publisher/ publisher/
 COPY cache/ cache/
 COPY filters/ filters/
 COPY kubeapi/ kubeapi/

@@ -36,8 +36,9 @@ async def _serve(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m apisim",
-        description="An in-process Kubernetes apiserver simulator for Nodes, Services, EndpointSlices and "
-        "Endpoints (list, get, watch, create, update, patch, delete), seeded with a demo cluster. It prints its "
+        description="An in-process Kubernetes apiserver simulator for Nodes, Services, EndpointSlices, "
+        "Endpoints, ConfigMaps and Leases (list, get, watch, create, update, patch, delete), seeded with a demo "
+        "cluster. It prints its "
         "URL and serves until interrupted; point kubectl or the wrapper at it.",
         epilog="Seeds: servicegrid is SuperEdge's ServiceGrid example (nodes bj-1, bj-3 with location=beijing, "
         "gz-2, gz-3 with location=guangzhou); openyurt is OpenYurt's node-pool example (pools beijing, hangzhou, "

@@ -43,7 +43,7 @@ CORE_V1 = _resource_list("v1", [
     _res("configmaps", "configmap", "ConfigMap", True, ("cm",)),
     _res("endpoints", "endpoints", "Endpoints", True, ("ep",)),
     _res("events", "event", "Event", True, ("ev",)),
-    _res("namespaces", "namespace", "Namespace", False, ("ns",), ["get", "list"]),
+    _res("namespaces", "namespace", "Namespace", False, ("ns",), ["get", "list", "watch"]),
     _sub("namespaces/status", "Namespace", False),
     _res("nodes", "node", "Node", False, ("no",)),
     _sub("nodes/status", "Node", False),
@@ -56,7 +56,10 @@ DISCOVERY_V1 = _resource_list("discovery.k8s.io/v1", [
 EVENTS_V1 = _resource_list("events.k8s.io/v1", [
     _res("events", "event", "Event", True, ("ev",)),
 ])
-GROUPS = ("discovery.k8s.io", "events.k8s.io")
+COORDINATION_V1 = _resource_list("coordination.k8s.io/v1", [
+    _res("leases", "lease", "Lease", True),
+])
+GROUPS = ("coordination.k8s.io", "discovery.k8s.io", "events.k8s.io")
 
 
 def version() -> JSONDict:
@@ -82,6 +85,8 @@ def document(path: str, server_address: str) -> bytes | None:
         doc = DISCOVERY_V1
     elif path == "/apis/events.k8s.io/v1":
         doc = EVENTS_V1
+    elif path == "/apis/coordination.k8s.io/v1":
+        doc = COORDINATION_V1
     elif path.startswith("/apis/") and path.count("/") == 2 and path[6:] in GROUPS:
         doc = {"kind": "APIGroup", "apiVersion": "v1", **_group(path[6:])}
     return None if doc is None else orjson.dumps(doc)

@@ -10,17 +10,18 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from apisim import discovery, errors, listing, reviews
+from apisim import discovery, errors, listing, namespaces, reviews
 from apisim.faults import Faults
 from apisim.patch import PATCH_TYPES
 from apisim.registry import Registry, copy_json, now_rfc3339
+from apisim.resources import SERVED_BY_PLURAL, WITHOUT_STATUS
 from apisim.reviews import Reviews
 from apisim.store import Entry, Store, with_type
 from apisim.watch import TableMode, WatchControl, WatchRequest, error_line, run_watch
 from kubeapi import partial, status, tables
 from kubeapi.listoptions import parse_list_options
 from kubeapi.negotiation import PARTIAL, PARTIAL_LIST, Target, negotiate
-from kubeapi.resources import ALL, CONFIGMAPS, Resource, ResourcePath, match_path
+from kubeapi.resources import Resource, ResourcePath, match_path
 from kubeapi.status import StatusError
 from kubeapi.types import JSONDict
 
@@ -28,9 +29,6 @@ JSON = "application/json"
 _EVENTS = re.compile(r"^/(?:api/v1|apis/events\.k8s\.io/v1)/namespaces/(?P<ns>[^/]+)/events(?:/(?P<name>[^/]+))?/?$")
 _NAMESPACES = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
 _HEALTH = ("/healthz", "/readyz", "/livez")
-_BUILTIN_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
-# The resources the handlers serve (apisim.server.SERVED, kept here without importing the server).
-_SERVED: dict[str, Resource] = {r.plural: r for r in (*ALL, CONFIGMAPS)}
 
 
 def json_response(body: bytes, code: int = 200) -> web.Response:
@@ -108,10 +106,10 @@ class Handlers:
             return await self._event(request, m.group("ns"), m.group("name"))
         m = _NAMESPACES.match(path)
         if m and request.method == "GET":
-            if request.query.get("watch", "").lower() in ("1", "true", "t"):
-                raise status.method_not_allowed("WATCH", "namespaces")  # read-only, derived; never changes
-            return self._namespaces(m.group("name"))
-        rp = match_path(path, _SERVED)
+            sim = self.sim
+            return await namespaces.serve(request, sim.store, sim.watch_ctl, sim.started_at, m.group("name"),
+                                          sim.wait_rv, sim.default_watch_timeout)
+        rp = match_path(path, SERVED_BY_PLURAL)
         if rp is None:
             raise _not_found_path()
         err = self.sim.faults.take()
@@ -123,7 +121,7 @@ class Handlers:
 
     async def _resource(self, request: web.Request, rp: ResourcePath) -> web.StreamResponse:
         method, res, reg = request.method, rp.resource, self.sim.registry
-        if rp.subresource not in (None, "status"):
+        if rp.subresource not in (None, "status") or (rp.subresource and res in WITHOUT_STATUS):
             raise status.not_found(res.group, f"{res.plural}/{rp.subresource}", rp.name or "")
         # Every resource handler of the apiserver negotiates the answer's media type first (406).
         target = negotiate(request.headers.get("Accept"))
@@ -273,7 +271,7 @@ class Handlers:
         await resp.write(error_line(err))
         return resp
 
-    # -- events and namespaces -------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------
 
     async def _event(self, request: web.Request, namespace: str, name: str | None) -> web.Response:
         """Accept kube-proxy's events (often protobuf) and keep the JSON ones for inspection."""
@@ -303,21 +301,3 @@ class Handlers:
         obj["metadata"], obj["kind"], obj["apiVersion"] = meta, "Event", api_version
         self.sim.record_event(obj)
         return json_response(orjson.dumps(obj), 201 if request.method == "POST" else 200)
-
-    def _namespaces(self, name: str | None) -> web.Response:
-        """Read-only namespaces, derived from the stored objects (kubectl completion, `get ns`)."""
-        names = set(_BUILTIN_NAMESPACES)
-        for rs in self.sim.store.resources.values():
-            if rs.resource.namespaced:
-                names.update(k.split("/", 1)[0] for k in rs.objects)
-        def ns(n: str) -> JSONDict:
-            return {"metadata": {"name": n, "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, n)),
-                                 "creationTimestamp": self.sim.started_at},
-                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
-        if name is not None:
-            if name not in names:
-                raise status.not_found("", "namespaces", name)
-            return json_response(orjson.dumps({"kind": "Namespace", "apiVersion": "v1", **ns(name)}))
-        body = {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": str(self.sim.store.rv)},
-                "items": [ns(n) for n in sorted(names)]}
-        return json_response(orjson.dumps(body))

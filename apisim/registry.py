@@ -18,13 +18,15 @@ from apisim import errors
 from apisim.patch import apply_patch
 from apisim.store import Entry, Store
 from kubeapi import status
-from kubeapi.resources import ENDPOINTSLICES, SERVICES, Resource, key_of
+from kubeapi.resources import CONFIGMAPS, ENDPOINTSLICES, LEASES, SERVICES, Resource, key_of
 from kubeapi.types import JSONDict
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's name generator avoids vowels
 _SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+MAX_CONFIGMAP_BYTES = 1024 * 1024  # corev1.MaxSecretSize, which ConfigMaps share
 
 
 def now_rfc3339() -> str:
@@ -127,6 +129,10 @@ class Registry:
                     port.setdefault("protocol", "TCP")
                     if "port" in port:
                         port.setdefault("targetPort", port["port"])
+        elif resource is CONFIGMAPS:
+            _validate_configmap(name, obj, old)
+        elif resource is LEASES:
+            _validate_lease(name, obj)
         elif resource is ENDPOINTSLICES:
             if obj.get("addressType") not in ("IPv4", "IPv6", "FQDN"):
                 raise errors.invalid_object(resource, name, "addressType", "Required value: must be one of IPv4, "
@@ -259,3 +265,61 @@ class Registry:
             return
         if addr >= self._next_ip and ipaddress.ip_address(addr) in _SERVICE_CIDR:
             self._next_ip = addr + 1
+
+
+def _validate_configmap(name: str, obj: JSONDict, old: JSONDict | None) -> None:
+    """The apiserver's ValidateConfigMap: config keys, no key in both maps, at most 1 MiB, immutability."""
+    size = 0
+    keys: dict[str, str] = {}
+    for field in ("data", "binaryData"):
+        values = obj.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+            # The decoder refuses these before validation runs.
+            raise status.bad_request(f"ConfigMap in version \"v1\" cannot be handled as a ConfigMap: {field} "
+                                     "must be a map of strings")
+        for key, value in values.items():
+            if len(key) > 253 or not _CONFIG_KEY.match(key) or key in (".", "..") or key.startswith(".."):
+                raise errors.invalid_object(CONFIGMAPS, name, f"{field}[{key}]", f'Invalid value: "{key}": a valid '
+                                            "config key must consist of alphanumeric characters, '-', '_' or '.' "
+                                            "(e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for "
+                                            "validation is '[-._a-zA-Z0-9]+')")
+            if key in keys:
+                raise errors.invalid_object(CONFIGMAPS, name, f"{field}[{key}]", f'Invalid value: "{key}": '
+                                            f"duplicate of key present in {keys[key]}")
+            keys[key] = field
+            size += len(key) + len(value)
+    if size > MAX_CONFIGMAP_BYTES:
+        raise errors.invalid_object(CONFIGMAPS, name, "[]", f"Too long: must have at most {MAX_CONFIGMAP_BYTES} "
+                                    "bytes", "FieldValueTooLong")
+    if old is not None and old.get("immutable") is True:
+        if any(obj.get(f) != old.get(f) for f in ("data", "binaryData")):
+            raise errors.invalid_object(CONFIGMAPS, name, "data", "Forbidden: field is immutable when `immutable` "
+                                        "is set", "FieldValueForbidden")
+        if obj.get("immutable") is not True:
+            raise errors.invalid_object(CONFIGMAPS, name, "immutable", "Forbidden: field is immutable when "
+                                        "`immutable` is set", "FieldValueForbidden")
+
+
+def _validate_lease(name: str, obj: JSONDict) -> None:
+    """The apiserver's ValidateLeaseSpec for the fields leader election writes."""
+    spec = obj.get("spec")
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise status.bad_request('Lease in version "v1" cannot be handled as a Lease: spec must be an object')
+    for field in ("holderIdentity", "acquireTime", "renewTime"):
+        if spec.get(field) is not None and not isinstance(spec[field], str):
+            raise status.bad_request(f'Lease in version "v1" cannot be handled as a Lease: spec.{field} must be a '
+                                     "string")
+    for field, least in (("leaseDurationSeconds", 1), ("leaseTransitions", 0)):
+        value = spec.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise status.bad_request(f'Lease in version "v1" cannot be handled as a Lease: spec.{field} must be '
+                                     "an integer")
+        if value < least:
+            relation = "greater than 0" if least else "greater than or equal to 0"
+            raise errors.invalid_object(LEASES, name, f"spec.{field}", f"Invalid value: {value}: must be {relation}")

@@ -23,15 +23,13 @@ from apisim.handlers import Handlers, status_response
 from apisim.listing import Filter
 from apisim.patch import MERGE
 from apisim.registry import Registry, now_rfc3339
+from apisim.resources import SERVED
 from apisim.reviews import Reviews
 from apisim.store import Entry, SavedState, Store, wait_for_change
 from apisim.watch import WatchControl
-from kubeapi.resources import ALL, CONFIGMAPS, SERVICES, Resource
+from kubeapi.resources import SERVICES, Resource
 from kubeapi.selectors import parse_field_selector, parse_label_selector
 from kubeapi.types import JSONDict
-
-# What the simulator serves: the wrapper's cached resources, and ConfigMaps (node topology buckets).
-SERVED: tuple[Resource, ...] = (*ALL, CONFIGMAPS)
 
 SeedItems = Iterable[tuple[Resource, JSONDict]]
 Seed = SeedItems | Callable[[], SeedItems]
@@ -45,7 +43,8 @@ def _copy(entry: Entry) -> JSONDict:
 
 
 class Simulator:
-    """An in-process Kubernetes apiserver for nodes, services, endpoints and endpointslices.
+    """An in-process Kubernetes apiserver for nodes, services, endpoints, endpointslices, configmaps
+    and leases (``apisim.resources.SERVED``).
 
     ``bookmark_interval``: seconds between BOOKMARKs (the apiserver uses ~60).
     ``too_large_wait``: how long a too-new resourceVersion waits before 504 (apiserver: 3 s).

@@ -44,13 +44,14 @@ from urllib.parse import urlencode
 
 import aiohttp
 import orjson
+import yaml
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from cache import kubeconfig_loaders
 from cache.apierrors import ApiError, ReadTimeout, TransportError, UnreadableStream
+from cache.buildinfo import USER_AGENT
 
-USER_AGENT = "application-grid-wrapper/0.1.0"
 JSON = "application/json"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -122,6 +123,45 @@ class Response:
     body: bytes
 
 
+def kubeconfig_problem(path: str) -> str | None:
+    """Why the kubeconfig at ``path`` cannot be used, in one line naming the file, or None.
+
+    ``path`` may be a list separated by ``os.pathsep``, as ``$KUBECONFIG`` is (missing files in such
+    a list are skipped, as kubectl skips them). Checked before kubernetes-asyncio's loader, whose own
+    errors for these cases are a Python traceback's last line ("'NoneType' object does not support
+    item assignment" for an empty file).
+    """
+    files = [p for p in path.split(os.pathsep) if p]
+    present = [p for p in files if os.path.exists(p)]
+    if not present:
+        return f"cannot load kubeconfig {path}: no such file"
+    for file in present:
+        if os.path.isdir(file):
+            return f"cannot load kubeconfig {file}: it is a directory, not a kubeconfig file"
+        try:
+            with open(file, "rb") as f:
+                text = f.read(4 << 20)
+        except OSError as exc:
+            return f"cannot load kubeconfig {file}: {exc.strerror or exc}"
+        if not text.strip():
+            return f"cannot load kubeconfig {file}: the file is empty"
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            return f"cannot load kubeconfig {file}: not valid YAML{where}"
+        if not isinstance(doc, dict):
+            return f"cannot load kubeconfig {file}: not a kubeconfig (its top level is {type(doc).__name__}, " \
+                   "not a mapping)"
+        if len(present) == 1:
+            if not doc.get("clusters"):
+                return f"cannot load kubeconfig {file}: it names no cluster (clusters: is empty)"
+            if not doc.get("current-context"):
+                return f"cannot load kubeconfig {file}: it has no current-context"
+    return None
+
+
 class ApiClient:
     """The wrapper's client of the apiserver. Owns its two aiohttp sessions and its timeouts.
 
@@ -162,8 +202,10 @@ class ApiClient:
         loaders = kubeconfig_loaders.load()
         kconfig = loaders.config
         cfg = loaders.configuration()
-        if path and not os.path.isfile(path):  # noqa: ASYNC240 (once, at start-up)
-            raise ConfigError(f"cannot load kubeconfig {path}: no such file")
+        if path:
+            problem = kubeconfig_problem(path)
+            if problem is not None:
+                raise ConfigError(problem)
         # Its loader warns on its own before raising; we report the error once ourselves.
         logging.getLogger("kubernetes_asyncio").setLevel(logging.ERROR)
         try:

@@ -301,6 +301,11 @@ class ClusterCache:
     def synthetic_events(self) -> int:
         return self._publisher.synthetic_events
 
+    @property
+    def filter_decisions(self) -> Mapping[tuple[str, str, str], int]:
+        """How many objects each filter served unchanged, rewrote or hid, by (filter, resource, outcome)."""
+        return self._pipeline.decisions
+
     def filtered_endpoints(self) -> tuple[int, int]:
         """Endpoints of the Services whose slices some filter acts on: (kept, dropped) now."""
         counts = self._outputs.endpoint_counts.values()
@@ -311,12 +316,14 @@ class ClusterCache:
         return self._stores[resource.plural].raw_items()
 
     def explain(self, service: str | None = None) -> dict[str, Any]:
-        """What the local node sees for each Service some filter is involved in, and why."""
+        """What the local node sees for each Service some filter is involved in, and why: one record
+        per (Service, filter), in the running filters' order, malformed annotations included."""
         keys = [service] if service is not None else sorted(self._services.objects)
         return {
             "localNode": self.local_node,
             "localNodeKnown": self.local_node in self._node_labels,
             "localLabels": self._node_labels.get(self.local_node, {}),
+            "filters": [f.name for f in self._pipeline.filters],
             "services": [record for key in keys for record in self._outputs.explain(key)],
         }
 

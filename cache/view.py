@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from cache.timers import Timers
 from kubeapi.resources import Resource, object_key
 from kubeapi.rv import rv_of
 from kubeapi.selectors import FieldSelector
@@ -155,7 +156,8 @@ class View:
 
     def __init__(
         self, resource: Resource, *, max_events: int = 20000, budget: HistoryBudget | None = None,
-        wake_interval: float = DEFAULT_WAKE_INTERVAL, scope: FieldSelector | None = None,
+        wake_interval: float = DEFAULT_WAKE_INTERVAL, timers: Callable[[], Timers] = asyncio.get_running_loop,
+        scope: FieldSelector | None = None,
     ) -> None:
         self.resource = resource
         # The objects this view holds all of (None: the whole collection), as its upstream
@@ -186,7 +188,9 @@ class View:
         self._last_wake = -self.burst_wake_interval
         self._seq_at_wake = 0
         self._last_batch = 0  # events the last wake carried
-        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_handle: object | None = None
+        # The wake-ups' clock and timers: the running loop (tests: a fake clock they advance).
+        self._timers = timers
         self._sorted_keys: list[str] | None = None
         self._kind_prefix = orjson.dumps({"kind": resource.kind, "apiVersion": resource.api_version})[:-1] + b","
 
@@ -463,7 +467,7 @@ class View:
         if self._wake_handle is not None:
             return  # a wake is already due; it will cover this event too
         try:
-            loop = asyncio.get_running_loop()
+            loop = self._timers()
         except RuntimeError:  # no loop (a synchronous caller): nobody can be waiting
             self._release_waiters()
             return
@@ -478,7 +482,7 @@ class View:
 
     def _due_wake(self) -> None:
         self._wake_handle = None
-        self._last_wake = asyncio.get_running_loop().time()
+        self._last_wake = self._timers().time()
         self._release_waiters()
 
     def _release_waiters(self) -> None:

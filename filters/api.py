@@ -147,6 +147,8 @@ class Filter(Generic[P]):
     names it. The defaults read nothing and serve everything as it is."""
 
     name = ""
+    # Whether the filter runs unless the operator switches it off (``filters.pipeline.select``).
+    on_by_default = True
     # The resources whose served form this filter changes; the pipeline asks it of no others.
     acts_on: frozenset[Resource] = frozenset()
     # What a malformed policy means for the Service, for the cache's log line.
@@ -179,5 +181,5 @@ class Filter(Generic[P]):
 
     def explain_malformed(self, service: str, malformed: Malformed) -> JSONDict:
         return {"service": service, "filter": self.name, "annotation": malformed.source, "value": malformed.value,
-                "malformed": malformed.reason, "result": "passes unfiltered"}
+                "malformed": malformed.reason, "result": self.if_malformed}
 

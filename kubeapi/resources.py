@@ -1,4 +1,9 @@
-"""The API resources this project caches and serves, and how their URLs look."""
+"""The API resources this project caches and serves, the others it talks to, and how their URLs look.
+
+``ALL`` is what the wrapper caches and serves from its cache (and ``match_path`` matches by
+default); ``CONFIGMAPS`` and ``LEASES`` are only read and written upstream (the node topology
+buckets, the topology publisher's leader election), never served by the wrapper.
+"""
 
 from __future__ import annotations
 
@@ -56,9 +61,9 @@ SERVICES = Resource(
 ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints", namespaced=True, short_names=("ep",))
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", namespaced=True)
 
-# Not in ALL: the wrapper does not serve them (the simulator does, apisim.server.SERVED); the
-# node topology buckets (kubeapi.node_topology) are ConfigMaps, which the wrapper watches.
+# Not in ALL: the wrapper does not serve them (the simulator does, apisim.server.SERVED).
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True, short_names=("cm",))
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
 
 ALL: tuple[Resource, ...] = (NODES, SERVICES, ENDPOINTS, ENDPOINTSLICES)
 BY_PLURAL: dict[str, Resource] = {r.plural: r for r in ALL}

@@ -24,7 +24,7 @@ from typing import Any
 
 from kubeapi import status
 from kubeapi.negotiation import negotiate
-from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
+from kubeapi.resources import CONFIGMAPS, ENDPOINTS, ENDPOINTSLICES, LEASES, NODES, SERVICES, Resource
 from kubeapi.status import StatusError
 from kubeapi.types import JSONDict
 
@@ -202,6 +202,22 @@ ENDPOINTSLICE_COLUMNS: tuple[JSONDict, ...] = (
     _AGE_COL,
 )
 
+CONFIGMAP_COLUMNS: tuple[JSONDict, ...] = (
+    _NAME_COL,
+    _col("Data", "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', "
+                 "'_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored "
+                 "in Data must not overlap with the keys in the BinaryData field, this is enforced during "
+                 "validation process."),
+    _AGE_COL,
+)
+
+LEASE_COLUMNS: tuple[JSONDict, ...] = (
+    _NAME_COL,
+    _col("Holder", "holderIdentity contains the identity of the holder of a current lease. If Coordinated Leader "
+                   "Election is used, the holder identity must be equal to the elected LeaseCandidate.metadata.name "
+                   "field."),
+    _AGE_COL,
+)
 
 # --- printers -----------------------------------------------------------------------
 
@@ -393,7 +409,20 @@ def print_endpointslice(obj: JSONDict, now: datetime) -> list[str]:
     ]
 
 
-Printer = Callable[[JSONDict, datetime], list[str]]
+def print_configmap(obj: JSONDict, now: datetime) -> list[str | int]:
+    meta = _d(obj.get("metadata"))
+    # The apiserver's cell is a number (len(data) + len(binaryData)), under a "string" column.
+    return [_s(meta.get("name")), len(_d(obj.get("data"))) + len(_d(obj.get("binaryData"))),
+            translate_timestamp_since(meta.get("creationTimestamp"), now)]
+
+
+def print_lease(obj: JSONDict, now: datetime) -> list[str]:
+    meta = _d(obj.get("metadata"))
+    return [_s(meta.get("name")), _s(_d(obj.get("spec")).get("holderIdentity")),
+            translate_timestamp_since(meta.get("creationTimestamp"), now)]
+
+
+Printer = Callable[[JSONDict, datetime], Sequence[str | int]]
 
 # Keyed by (group, kind) so a Resource equal in everything that matters still matches.
 _PRINTERS: dict[tuple[str, str], tuple[tuple[JSONDict, ...], Printer]] = {
@@ -401,6 +430,8 @@ _PRINTERS: dict[tuple[str, str], tuple[tuple[JSONDict, ...], Printer]] = {
     (SERVICES.group, SERVICES.kind): (SERVICE_COLUMNS, print_service),
     (ENDPOINTS.group, ENDPOINTS.kind): (ENDPOINTS_COLUMNS, print_endpoints),
     (ENDPOINTSLICES.group, ENDPOINTSLICES.kind): (ENDPOINTSLICE_COLUMNS, print_endpointslice),
+    (CONFIGMAPS.group, CONFIGMAPS.kind): (CONFIGMAP_COLUMNS, print_configmap),
+    (LEASES.group, LEASES.kind): (LEASE_COLUMNS, print_lease),
 }
 
 
@@ -465,7 +496,7 @@ def render_table(
         when = when.replace(tzinfo=UTC)
     rows: list[JSONDict] = []
     for obj in objs:
-        row: JSONDict = {"cells": printer(obj, when)}
+        row: JSONDict = {"cells": list(printer(obj, when))}
         embedded = _row_object(resource, obj, include_object, api_version)
         if embedded is not None:
             row["object"] = embedded

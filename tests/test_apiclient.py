@@ -16,12 +16,14 @@ import pytest
 from aiohttp import web
 
 from apisim.server import Simulator
-from cache.apiclient import USER_AGENT, ApiClient, Identity
+from cache.apiclient import ApiClient, Identity
 from cache.apierrors import ApiError, ReadTimeout, TransportError
+from cache.buildinfo import USER_AGENT
 from cache.cluster import ClusterCache
 from cache.informers import Informers
 from cache.reflector import ReflectorSettings
-from tests.support.faultkit import LOCAL_NODE, free_port, wait_for
+from tests.support.faultkit import LOCAL_NODE, free_port
+from tests.support.waiting import eventually
 
 TOO_LARGE = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 504, "reason": "Timeout",
              "message": "Too large resource version: 9, current: 3",
@@ -201,7 +203,7 @@ async def test_informers_use_the_client_they_are_given_and_leave_closing_it_to_i
     informers = Informers(client, cache, ReflectorSettings(backoff_initial=0.05, backoff_max=0.5))
     informers.start()
     try:
-        await wait_for(lambda: cache.ready, 10, "sync")
+        await eventually(lambda: cache.ready, 10, "sync")
     finally:
         await informers.stop()
     assert client.closed == 0

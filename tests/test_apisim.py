@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,8 +19,8 @@ from apisim import Simulator
 from apisim.seeds import openyurt_demo, scale_cluster, servicegrid_demo
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from kubeapi.status import StatusError
-from tests.support.faultkit import wait_for
 from tests.support.stack import running_simulator
+from tests.support.waiting import eventually, signal_when_called
 
 SVC_PATH = "/api/v1/services"
 NS_SVC_PATH = "/api/v1/namespaces/default/services"
@@ -41,7 +40,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def get_json(http: aiohttp.ClientSession, url: str, expect: int = 200, **params: str) -> Any:
+async def get_json(http: aiohttp.ClientSession, url: str, expect: int = 200, /, **params: str) -> Any:
     async with http.get(url, params=params) as r:
         assert r.status == expect, await r.text()
         assert r.content_type == "application/json"
@@ -59,7 +58,7 @@ class Stream:
         return orjson.loads(line) if line else None
 
     async def take(self, n: int, timeout: float = 3.0) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for _ in range(n):
             ev = await self.next(timeout)
             assert ev is not None, f"stream ended after {out}"
@@ -152,9 +151,7 @@ async def test_resource_version_semantics_on_list(sim: Simulator, http: aiohttp.
     assert exact["metadata"]["resourceVersion"] == str(old_rv) and "after" not in names(exact["items"])
     newer = await get_json(http, sim.url + SVC_PATH, resourceVersion=str(old_rv))
     assert "after" in names(newer["items"])
-    t0 = time.monotonic()
     too_new = await get_json(http, sim.url + SVC_PATH, 504, resourceVersion=str(sim.rv + 100))
-    assert time.monotonic() - t0 >= 0.15
     assert too_new["reason"] == "Timeout" and too_new["details"]["causes"][0]["type"] == "ResourceVersionTooLarge"
     sim.compact()
     old = await get_json(http, sim.url + SVC_PATH, 410, resourceVersion=str(old_rv), resourceVersionMatch="Exact")
@@ -296,11 +293,30 @@ async def test_send_initial_events_ends_with_annotated_bookmark(sim: Simulator, 
         assert r.status == 422
 
 
-async def test_timeout_seconds_ends_the_stream(sim: Simulator, http: aiohttp.ClientSession) -> None:
-    t0 = time.monotonic()
+async def test_a_list_at_a_resource_version_the_store_reaches_while_it_waits_is_answered(
+    http: aiohttp.ClientSession,
+) -> None:
+    sim = Simulator(servicegrid_demo, too_large_wait=30.0)  # the change below comes long before 504
+    async with running_simulator(sim):
+        target = sim.rv + 1
+        with signal_when_called(sim, "wait_rv") as waiting:
+            listing = asyncio.create_task(get_json(http, sim.url + SVC_PATH, 200, resourceVersion=str(target)))
+            await asyncio.wait_for(waiting.wait(), 10)  # the list waits for the store to reach its RV
+            sim.create(SERVICES, svc("arrives"))
+            doc = await asyncio.wait_for(listing, 10)
+    assert "arrives" in names(doc["items"]) and int(doc["metadata"]["resourceVersion"]) >= target
+
+
+async def test_timeout_seconds_ends_the_stream_cleanly_after_serving_it(
+    sim: Simulator, http: aiohttp.ClientSession,
+) -> None:
     async with watch(http, sim, SVC_PATH, resourceVersion=str(sim.rv), timeoutSeconds="1") as r:
-        assert await Stream(r).next(timeout=5) is None
-    assert 0.9 <= time.monotonic() - t0 < 3
+        s = Stream(r)
+        sim.create(SERVICES, svc("during"))
+        ev = await s.next(timeout=5)
+        assert ev is not None and ev["type"] == "ADDED", "served until the timeout"
+        # Ended by the server (the default timeout is 30 min), cleanly: the chunked body ends.
+        assert await s.next(timeout=10) is None
 
 
 async def test_selector_transitions(sim: Simulator, http: aiohttp.ClientSession) -> None:
@@ -325,11 +341,7 @@ async def test_client_disconnect_does_not_leak_watches(sim: Simulator, http: aio
         async with watch(http, sim, SVC_PATH, resourceVersion=str(sim.rv)) as r:
             assert r.status == 200
             r.close()
-    for _ in range(50):
-        if sim.open_watches == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert sim.open_watches == 0
+    await eventually(lambda: sim.open_watches == 0, 5, "every closed watch to be forgotten")
 
 
 # --- writes --------------------------------------------------------------------------
@@ -433,7 +445,7 @@ async def test_discovery(sim: Simulator, http: aiohttp.ClientSession) -> None:
     assert by_name["services"]["shortNames"] == ["svc"] and "watch" in by_name["services"]["verbs"]
     assert by_name["nodes"]["singularName"] == "node" and not by_name["nodes"]["namespaced"]
     groups = await get_json(http, sim.url + "/apis")
-    assert {g["name"] for g in groups["groups"]} == {"discovery.k8s.io", "events.k8s.io"}
+    assert {g["name"] for g in groups["groups"]} == {"coordination.k8s.io", "discovery.k8s.io", "events.k8s.io"}
     disc = await get_json(http, sim.url + "/apis/discovery.k8s.io/v1")
     assert disc["resources"][0]["kind"] == "EndpointSlice"
     assert (await get_json(http, sim.url + "/apis/events.k8s.io/v1"))["groupVersion"] == "events.k8s.io/v1"
@@ -477,7 +489,7 @@ async def test_fail_next(sim: Simulator, http: aiohttp.ClientSession) -> None:
 async def test_close_watches_breaks_streams(sim: Simulator, http: aiohttp.ClientSession) -> None:
     async with watch(http, sim, SVC_PATH, resourceVersion=str(sim.rv)) as r1, \
             watch(http, sim, "/api/v1/nodes", resourceVersion=str(sim.rv)) as r2:
-        await asyncio.sleep(0.1)
+        await eventually(lambda: sim.open_watches == 2, 5, "both watches to be registered")
         assert sim.close_watches() == 2
         for r in (r1, r2):
             with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError)):
@@ -505,7 +517,7 @@ async def test_restart_from_an_older_state_goes_back_like_an_etcd_restore(
     sim.patch_labels(NODES, None, "bj-1", {"lost": "yes"})
     old_rv = sim.rv
     async with watch(http, sim, SVC_PATH, resourceVersion=str(old_rv)) as open_watch:
-        await wait_for(lambda: sim.open_watches == 1, 5, "the watch to be registered")
+        await eventually(lambda: sim.open_watches == 1, 5, "the watch to be registered")
         sim.restart_from(backup)
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError)):
             await asyncio.wait_for(open_watch.content.read(), 3)  # open watches are dropped
@@ -548,8 +560,8 @@ def test_seeds_are_consistent() -> None:
     assert ud1["metadata"]["annotations"]["openyurt.io/topologyKeys"] == "openyurt.io/nodepool"
 
 
-def test_scale_cluster_is_reproducible_and_fast() -> None:
-    t0 = time.monotonic()
+def test_scale_cluster_is_reproducible() -> None:
+    # How long it takes is a benchmark figure (``python -m bench``: cluster.generate_s), not a test.
     a = scale_cluster(7, nodes=200, services=500, endpoints=5000)
     assert scale_cluster(7, nodes=200, services=500, endpoints=5000) == a
     slices = [o for r, o in a if r is ENDPOINTSLICES]
@@ -557,7 +569,6 @@ def test_scale_cluster_is_reproducible_and_fast() -> None:
     assert max(len(s["endpoints"]) for s in slices) == 100
     sim = Simulator(a)
     assert sim.count(NODES) == 200 and sim.count(SERVICES) == 500
-    assert time.monotonic() - t0 < 10
 
 
 # --- real kubectl --------------------------------------------------------------------

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -23,19 +21,12 @@ from apisim.server import Simulator
 from cache.apiclient import ApiClient
 from kubeapi.resources import ENDPOINTSLICES
 from kubeapi.status import StatusError
-from tests.conftest import LOCAL_NODE, fast_settings, wait_ready
+from tests.conftest import LOCAL_NODE, fast_settings
+from tests.support.fake_clock import FakeClock
+from tests.support.stack import wait_ready
 from wrapper.authz import ClientAuthorizer, Decision, DecisionCache, DecisionKey, TokenBucket
 from wrapper.compose import Running, client_authorizer, start_wrapper, stop_wrapper
 from wrapper.options import build_parser
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # ---- the limiter and the LRU, with an injected clock ----------------------------------------
 
@@ -59,7 +50,7 @@ def test_the_review_limiter_allows_the_burst_then_the_rate_and_never_more() -> N
     clock = FakeClock()
     bucket = TokenBucket(2.0, 3, clock)
     for i, (advance, took, wait) in enumerate(BUCKET_STEPS):
-        clock.now += advance
+        clock.advance(advance)
         assert bucket.take() is took, i
         assert bucket.wait() == pytest.approx(wait), i
 
@@ -154,7 +145,7 @@ async def test_the_authorizer_reviews_within_the_cap_and_answers_from_its_cache_
                                   refused_cache_size=3, review_qps=1, review_burst=2, clock=clock)
     try:
         for i, (advance, token, outcome, reviews) in enumerate(POLICY_STEPS):
-            clock.now += advance
+            clock.advance(advance)
             before = reviewing_sim.reviews.token_reviews
             assert await _outcome(authorizer, token) == outcome, (i, token)
             assert reviewing_sim.reviews.token_reviews - before == reviews, (i, token)
@@ -185,17 +176,27 @@ JUNK = 20_000
 CONNECTIONS = 4
 PIPELINE = 50
 ROUNDS = 10  # kube-proxy's token is checked between rounds
+SECONDS_PER_ROUND = 1.0  # on the authorizer's clock, which the test advances
 QPS, BURST = 2.0, 50
 REFUSED_KEPT = 16
 
 
 @pytest.fixture
-async def flood_wrapper(reviewing_sim: Simulator) -> AsyncIterator[tuple[Running, ClientAuthorizer]]:
+def flood_clock() -> FakeClock:
+    """The flood's authorizer clock: the review cap refills only as the test advances it."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def flood_wrapper(
+    reviewing_sim: Simulator, flood_clock: FakeClock,
+) -> AsyncIterator[tuple[Running, ClientAuthorizer]]:
     client = ApiClient(reviewing_sim.url)
     # allowed_ttl=0: kube-proxy's decision is always stale, so every one of its requests needs
     # a review and is served only thanks to stale-while-limited and the offline fallback.
     authorizer = ClientAuthorizer(client, allowed_ttl=0.0, denied_ttl=10.0, cache_size=64,
-                                  refused_cache_size=REFUSED_KEPT, review_qps=QPS, review_burst=BURST)
+                                  refused_cache_size=REFUSED_KEPT, review_qps=QPS, review_burst=BURST,
+                                  clock=flood_clock)
     serve, reflect = fast_settings()
     running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve, reflect=reflect,
                                   authorizer=authorizer)
@@ -243,7 +244,7 @@ async def _proxy_status(url: str) -> int:
 
 
 async def test_kube_proxy_is_served_through_a_junk_token_flood_and_offline_after_it(
-    flood_wrapper: tuple[Running, ClientAuthorizer], reviewing_sim: Simulator
+    flood_wrapper: tuple[Running, ClientAuthorizer], flood_clock: FakeClock, reviewing_sim: Simulator
 ) -> None:
     running, authorizer = flood_wrapper
     path = ENDPOINTSLICES.collection_path()
@@ -253,19 +254,18 @@ async def test_kube_proxy_is_served_through_a_junk_token_flood_and_offline_after
     seen: Counter[int] = Counter()
     samples: list[bytes] = []
     per_round = JUNK // ROUNDS // CONNECTIONS
-    started = time.monotonic()
     for r in range(ROUNDS):
         await asyncio.wait_for(asyncio.gather(*(
             _junk_requests(running.url, path, [f"junk-{r}-{c}-{i}" for i in range(per_round)], seen, samples)
             for c in range(CONNECTIONS))), timeout=60)
         assert await _proxy_status(url) == 200, f"kube-proxy refused after round {r}"
-    elapsed = time.monotonic() - started
+        flood_clock.advance(SECONDS_PER_ROUND)
     assert sum(seen.values()) == JUNK
     assert set(seen) <= {401, 429}, seen
     # Every review the flood caused fits the cap: the burst plus the rate over the flood's time
     # (and kube-proxy's own reviews are in that count too).
     reviews = reviewing_sim.reviews.token_reviews - reviews_before
-    assert reviews <= BURST + QPS * elapsed + 1, (reviews, elapsed)
+    assert reviews <= BURST + QPS * SECONDS_PER_ROUND * ROUNDS, reviews
     assert seen[401] <= reviews and seen[429] >= JUNK - reviews
     assert reviewing_sim.reviews.access_reviews <= reviewing_sim.reviews.token_reviews
     # Refused junk answers like the apiserver shedding load: a Status with Retry-After.
@@ -304,7 +304,7 @@ async def test_while_the_apiserver_is_unreachable_a_stale_decision_answers_witho
             (0, 0),
         ]
         for i, (advance, attempts) in enumerate(steps):
-            clock.now += advance
+            clock.advance(advance)
             before = authorizer.reviews
             assert await _outcome(authorizer, "proxy-token") == "allowed", i
             assert authorizer.reviews - before == attempts, i

@@ -23,10 +23,9 @@ from tests.support.faultkit import (
     node_names,
     open_watch,
     running_wrapper,
-    wait_for,
-    wait_for_async,
 )
 from tests.support.reflector import ReflectorModel
+from tests.support.waiting import eventually
 from wrapper.compose import Running
 from wrapper.serving import ServeSettings
 
@@ -39,20 +38,20 @@ async def test_while_the_apiserver_is_down_watches_stay_open_and_lists_and_watch
     before = {r.plural: await list_items(wrapper.url, r) for r in ALL}
     old_watch = await open_watch(wrapper.url, ENDPOINTSLICES, allowWatchBookmarks="true")
     try:
-        await wait_for(lambda: len(wrapper.watches) == 1, 5, "the watch to register")
+        await eventually(lambda: len(wrapper.watches) == 1, 5, "the watch to register")
         await sim.stop()
 
         async def shows_disconnected() -> bool:
             code, text = await get_text(wrapper.debug_url + "/metrics")
             return code == 200 and metric_value(text, CONNECTED, 'resource="nodes"') == 0
 
-        await wait_for_async(shows_disconnected, 10, "upstream_connected{nodes} 0")
+        await eventually(shows_disconnected, 10, "upstream_connected{nodes} 0")
         assert not old_watch.ended and len(wrapper.watches) == 1
         for r in ALL:
             assert await list_items(wrapper.url, r) == before[r.plural]
         new_watch = await open_watch(wrapper.url, NODES)
         try:
-            await wait_for(lambda: len(new_watch.events) == 1, 5, "the initial ADDED event of the local Node")
+            await eventually(lambda: len(new_watch.events) == 1, 5, "the initial ADDED event of the local Node")
             assert {e["type"] for e in new_watch.events} == {"ADDED"}
             assert new_watch.state().keys() == before["nodes"].keys()
         finally:
@@ -60,7 +59,7 @@ async def test_while_the_apiserver_is_down_watches_stay_open_and_lists_and_watch
         code, body = await get_text(wrapper.url + "/readyz")
         assert code == 200, body
         # Bookmarks keep flowing to the old watch while offline, so kube-proxy sees a live stream.
-        await wait_for(lambda: bool(old_watch.of_type("BOOKMARK")), 5, "a bookmark")
+        await eventually(lambda: bool(old_watch.of_type("BOOKMARK")), 5, "a bookmark")
         assert not old_watch.ended
     finally:
         await old_watch.stop()
@@ -71,14 +70,14 @@ async def test_with_an_offline_grace_readyz_turns_503_after_the_grace_and_back_t
         assert (await get_text(w.url + "/readyz"))[0] == 200
         port = sim.port
         await sim.stop()
-        await wait_for(lambda: not w.informers.connected, 10, "the disconnect")
+        await eventually(lambda: not w.informers.connected, 10, "the disconnect")
         # Inside the grace: still ready.
         assert (await get_text(w.url + "/readyz"))[0] == 200 or w.informers.offline_for() >= 1.0
 
         async def not_ready() -> bool:
             return (await get_text(w.url + "/readyz"))[0] == 503
 
-        await wait_for_async(not_ready, 10, "readyz 503 after the grace")
+        await eventually(not_ready, 10, "readyz 503 after the grace")
         # The cache is still served: only readiness changed.
         assert set(await list_items(w.url, NODES)) == {"bj-1"}
         await sim.start("127.0.0.1", port)
@@ -86,7 +85,7 @@ async def test_with_an_offline_grace_readyz_turns_503_after_the_grace_and_back_t
         async def ready() -> bool:
             return (await get_text(w.url + "/readyz"))[0] == 200
 
-        await wait_for_async(ready, 15, "readyz 200 after the apiserver returns")
+        await eventually(ready, 15, "readyz 200 after the apiserver returns")
 
 
 # ---- persistence ------------------------------------------------------------------------------------
@@ -97,7 +96,7 @@ async def test_a_restarted_wrapper_serves_its_snapshot_offline_and_catches_up_wi
 ) -> None:
     port = sim.port
     async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2) as first:
-        await wait_for(lambda: (tmp_path / snapshot.FILENAME).exists(), 10, "the snapshot file")
+        await eventually(lambda: (tmp_path / snapshot.FILENAME).exists(), 10, "the snapshot file")
         served = {r.plural: await list_items(first.url, r) for r in ALL}
     await sim.stop()
     async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2, wait=False) as second:
@@ -117,7 +116,7 @@ async def test_a_restarted_wrapper_serves_its_snapshot_offline_and_catches_up_wi
             [plain] = sim.list(ENDPOINTSLICES, "default", "kubernetes.io/service-name=plain-svc")
             sim.delete(ENDPOINTSLICES, "default", plain["metadata"]["name"])
             await sim.start("127.0.0.1", port)
-            await wait_for(lambda: second.informers.connected, 15, "the reconnect")
+            await eventually(lambda: second.informers.connected, 15, "the reconnect")
             await client.wait_until(
                 lambda s: node_names(demo_slice(s)) == {"bj-1", "bj-3", "gz-2"}
                 and not any("plain" in k for k in s), 15)
@@ -190,7 +189,7 @@ async def test_an_unusable_snapshot_is_logged_and_ignored_and_the_wrapper_waits_
         code, _ = await get_text(w.url + NODES.collection_path() + "?fieldSelector=metadata.name%3Dbj-1")
         assert code == 429  # "storage is (re)initializing": nothing from the bad file is served
         await sim.start("127.0.0.1", port)
-        await wait_for(lambda: w.cache.ready, 15, "the first sync")
+        await eventually(lambda: w.cache.ready, 15, "the first sync")
         assert (await get_text(w.url + "/readyz"))[0] == 200
         assert set(await list_items(w.url, NODES)) == {"bj-1"}
         assert len(await list_items(w.url, SERVICES)) == 3

@@ -12,7 +12,8 @@ import pytest
 from apisim.seeds import Backend, endpoint_slice, service
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
-from tests.support.faultkit import list_items, node_names, wait_for
+from tests.support.faultkit import list_items, node_names
+from tests.support.waiting import eventually
 from wrapper.compose import Running
 
 # Pass-through needs the client's own credentials (the wrapper does not lend its identity).
@@ -111,7 +112,7 @@ async def test_writes_to_cached_resources_are_passed_through_to_the_apiserver(
     assert status == 200, body
     assert all(e["metadata"]["name"] != "plain-svc" for e in sim.list(ENDPOINTS, "default"))
     # And the cache follows through its watch, not through the write.
-    await wait_for(lambda: "default/passed-through" in wrapper.cache.views["services"].objects
+    await eventually(lambda: "default/passed-through" in wrapper.cache.views["services"].objects
                    and "default/plain-svc" not in wrapper.cache.views["endpoints"].objects
                    and wrapper.cache.node_labels["gz-3"].get("put") == "yes", 10, "the cache to follow")
 
@@ -178,7 +179,7 @@ async def test_a_service_with_a_malformed_annotation_passes_unfiltered_and_is_lo
                                                          Backend("10.0.0.91", "gz-2", "guangzhou", f"{name}-b")],
                                                    8080))
     key = f"default/{sl['metadata']['name']}"
-    await wait_for(lambda: key in wrapper.cache.views["endpointslices"].objects, 10, "the slice in the cache")
+    await eventually(lambda: key in wrapper.cache.views["endpointslices"].objects, 10, "the slice in the cache")
     served = await list_items(wrapper.url, ENDPOINTSLICES)
     assert node_names(served[key]) == {"bj-1", "gz-2"}  # unfiltered
 
@@ -190,13 +191,13 @@ async def test_a_service_with_a_malformed_annotation_passes_unfiltered_and_is_lo
     # Node churn refilters, slice churn too: no new log line for the same Service version.
     sim.patch_labels(NODES, None, "gz-2", {"location": "beijing"})
     sim.patch_labels(ENDPOINTSLICES, "default", sl["metadata"]["name"], {"touched": "yes"})
-    await wait_for(lambda: (wrapper.cache.views["endpointslices"].objects[key].obj["metadata"].get("labels") or {})
+    await eventually(lambda: (wrapper.cache.views["endpointslices"].objects[key].obj["metadata"].get("labels") or {})
                    .get("touched") == "yes", 10, "the slice update")
     assert len(warnings()) == 1
     # A new version of the Service is parsed (and logged) again, once.
     sim.patch_labels(SERVICES, "default", name, {"v": "2"})
-    await wait_for(lambda: len(warnings()) == 2, 10, "the second log line")
+    await eventually(lambda: len(warnings()) == 2, 10, "the second log line")
     sim.patch_labels(NODES, None, "gz-3", {"location": "beijing"})
-    await wait_for(lambda: wrapper.cache.node_labels["gz-3"]["location"] == "beijing", 10, "node change")
+    await eventually(lambda: wrapper.cache.node_labels["gz-3"]["location"] == "beijing", 10, "node change")
     assert len(warnings()) == 2
     assert node_names((await list_items(wrapper.url, ENDPOINTSLICES))[key]) == {"bj-1", "gz-2"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.waiting import eventually
 from wrapper.options import build_parser, parse_address
 
 
@@ -95,6 +97,20 @@ def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(proc, "cannot listen", str(port))
 
 
+@pytest.mark.parametrize(("spec", "needle"), [("*,nodeport-isolaton", "unknown filter 'nodeport-isolaton'"),
+                                              ("topology,-topology", "both added and removed")])
+def test_a_bad_filter_selection_is_a_one_line_usage_error(spec: str, needle: str) -> None:
+    proc = run_cli("--hostname", "bj-1", f"--filters={spec}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert needle in proc.stderr.splitlines()[-1] and "--filters" in proc.stderr.splitlines()[-1]
+
+
+def test_the_filters_flag_turns_the_edge_policy_on_and_a_default_filter_off() -> None:
+    names = [f.name for f in build_parser().parse_args(["--filters=*,discard-cloud-services,-topology"]).filters]
+    assert names == ["discard-cloud-services", "nodeport-isolation"]
+    assert [f.name for f in build_parser().parse_args([]).filters] == ["nodeport-isolation", "topology"]
+
+
 def test_bad_bind_address_is_a_usage_error() -> None:
     proc = run_cli("--hostname", "bj-1", "--bind-address", "nonsense")
     assert proc.returncode == 2
@@ -112,18 +128,18 @@ async def test_unreachable_apiserver_keeps_retrying_and_stays_not_ready(tmp_path
     try:
         statuses: list[int] = []
         async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
+
+            async def three_answers() -> bool:
+                """Ask /readyz and /livez once (the listener may not be up yet); True at the third answer."""
+                with contextlib.suppress(aiohttp.ClientConnectionError):
                     async with s.get(f"http://127.0.0.1:{port}/readyz") as resp:
                         statuses.append(resp.status)
                     async with s.get(f"http://127.0.0.1:{port}/livez") as resp:
                         assert resp.status == 200
-                    if len(statuses) >= 3:
-                        break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        assert statuses and set(statuses) == {503}
+                return len(statuses) >= 3
+
+            await eventually(three_answers, 20, "three answers from /readyz", interval=0.1)
+        assert set(statuses) == {503}
         assert proc.returncode is None  # still running, still retrying
     finally:
         proc.terminate()
@@ -140,13 +156,77 @@ def test_help_is_available(args: list[str]) -> None:
     assert "--bind-address" in proc.stdout
 
 
-def test_every_flag_in_the_help_is_in_the_readme_flags_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    import re
+def test_version_prints_the_build_and_python_and_exits_zero() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("application-grid-wrapper ") and "Python" in proc.stdout
+    assert sys.version.split()[0] in proc.stdout
 
-    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside flag names
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme.split("## Flags\n", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"`(--[a-z-]+)", table))
-    shown = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", build_parser().format_help())) - {"--help"}
-    assert shown - documented == set()
+@pytest.mark.parametrize(("content", "needle"), [
+    ("", "the file is empty"),
+    ("   \n", "the file is empty"),
+    ("[1, 2]\n", "not a kubeconfig"),
+    ("clusters: [\n", "not valid YAML (line"),
+    ("apiVersion: v1\nkind: Config\n", "names no cluster"),
+    ("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:1'}\n",
+     "no current-context"),
+])
+def test_a_bad_kubeconfig_gets_one_line_naming_the_file_and_the_problem(tmp_path: Path, content: str,
+                                                                      needle: str) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text(content)
+    proc = run_cli("--kubeconfig", str(bad), "--hostname", "bj-1", "--cache-dir", "")
+    assert_one_line_error(proc, str(bad), needle)
+    assert proc.returncode == 2
+
+
+def test_a_directory_given_as_kubeconfig_is_named_as_a_directory(tmp_path: Path) -> None:
+    proc = run_cli("--kubeconfig", str(tmp_path), "--hostname", "bj-1", "--cache-dir", "")
+    assert_one_line_error(proc, str(tmp_path), "is a directory")
+
+
+@pytest.mark.parametrize("flag", ["--snapshot-interval", "--offline-grace", "--watch-write-timeout",
+                                  "--read-header-timeout", "--idle-timeout"])
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf", "1_0", "\u0661"])
+def test_bad_flag_values_are_refused_at_start(flag: str, value: str) -> None:
+    proc = run_cli(flag, value, "--hostname", "bj-1")
+    assert proc.returncode == 2 and "usage:" in proc.stderr and flag in proc.stderr, proc.stderr
+
+
+async def test_kubeconfig_env_is_honoured_when_no_flag_is_given_and_the_log_says_which(tmp_path: Path) -> None:
+    from apisim.seeds import servicegrid_demo
+    from apisim.server import Simulator
+    from tests.support.stack import running_simulator
+
+    async with running_simulator(Simulator(servicegrid_demo())) as sim:
+        config = write_kubeconfig(tmp_path / "from-env", sim.url)
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wrapper", "--hostname", "bj-1", "--bind-address", f"127.0.0.1:{port}",
+            "--debug-bind-address", f"127.0.0.1:{free_port()}", "--cache-dir", "",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**{k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"},
+                 "KUBECONFIG": str(config)})
+        try:
+            assert proc.stderr is not None
+            seen: list[str] = []
+            async with asyncio.timeout(30):
+                while not any("from $KUBECONFIG" in line for line in seen):
+                    line = (await proc.stderr.readline()).decode()
+                    assert line, f"the wrapper exited: {seen}"
+                    seen.append(line)
+            assert any(str(config) in line and sim.url in line for line in seen), seen
+            async with aiohttp.ClientSession() as http:
+                async with asyncio.timeout(30):
+                    while True:
+                        try:
+                            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                                if resp.status == 200:
+                                    break
+                        except aiohttp.ClientError:
+                            pass
+                        await asyncio.sleep(0.05)  # polling the condition (the process's readiness)
+        finally:
+            proc.terminate()
+            await proc.wait()

@@ -26,9 +26,10 @@ from tests.support.faultkit import (
     node_names,
     open_watch,
     running_wrapper,
-    wait_for,
     write_kubeconfig,
 )
+from tests.support.stack import wait_applied
+from tests.support.waiting import eventually
 from wrapper.compose import Running
 from wrapper.serving import ServeSettings
 
@@ -72,13 +73,14 @@ async def _drain(sock: socket.socket, timeout: float) -> bytes:
 
 
 async def _fill_until(sim: Simulator, w: Running, done: Any, limit: int = 400) -> None:
-    """Patch a Service with ~64 KiB annotations (fills socket buffers fast) until ``done()`` (bounded)."""
+    """Patch a Service with ~64 KiB annotations (fills socket buffers fast) until ``done()`` (bounded);
+    each change reaches the wrapper before the next."""
     blob = "x" * (64 << 10)
     for i in range(limit):
         if done():
             return
         sim.patch(SERVICES, "default", "plain-svc", {"metadata": {"annotations": {"blob": f"{i}{blob}"}}})
-        await asyncio.sleep(0.005)
+        await wait_applied(w, sim)
     raise AssertionError("the condition never held while generating events")
 
 
@@ -99,18 +101,18 @@ async def test_a_client_that_stops_reading_gets_410_once_its_backlog_passes_the_
     async with running_wrapper(sim.url, serve=settings) as w:
         sock = await _raw_watch_that_never_reads(w.url, SERVICES.collection_path())
         try:
-            await wait_for(lambda: len(w.watches) == 1, 5, "the slow watch to open")
+            await eventually(lambda: len(w.watches) == 1, 5, "the slow watch to open")
             # Until the writer is stuck on the full socket and events pile up behind it...
             await _fill_until(sim, w, lambda: any(i.backlog > bound for i in w.watches.watches.values()))
             # ...and then more than the bound again, all after whatever write is in flight.
             for i in range(bound + 16):
                 sim.patch_labels(SERVICES, "default", "plain-svc", {"round": str(i)})
-            await wait_for(lambda: w.cache.upstream_rv(SERVICES) == sim.rv, 10, "the wrapper to see them")
+            await eventually(lambda: w.cache.upstream_rv(SERVICES) == sim.rv, 10, "the wrapper to see them")
             # Now read: the stuck write completes, the bound is checked, 410, end of stream.
             data = await _drain(sock, 20)
         finally:
             sock.close()
-        await wait_for(lambda: len(w.watches) == 0, 5, "the watch handler to end")
+        await eventually(lambda: len(w.watches) == 0, 5, "the watch handler to end")
         errors = _error_events(data)
         assert errors, "no ERROR event before the stream was closed"
         assert errors[-1]["object"]["code"] == 410 and errors[-1]["object"]["reason"] == "Expired"
@@ -123,8 +125,12 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(si
     async with running_wrapper(sim.url, serve=settings) as w:
         sock = await _raw_watch_that_never_reads(w.url, SERVICES.collection_path())
         try:
-            await wait_for(lambda: len(w.watches) == 1, 5, "the slow watch to open")
-            await _fill_until(sim, w, lambda: len(w.watches) == 0)
+            await eventually(lambda: len(w.watches) == 1, 5, "the slow watch to open")
+            # Until the writer is stuck on the full socket (events wait behind its write)...
+            await _fill_until(sim, w, lambda: len(w.watches) == 0 or any(
+                i.backlog > 0 for i in w.watches.watches.values()))
+            # ...which the write timeout ends.
+            await eventually(lambda: len(w.watches) == 0, 10, "the stuck watch to be dropped at the write timeout")
             # Its connection was aborted, not left open with buffers full: reading ends.
             data = await _drain(sock, 20)
         finally:
@@ -133,7 +139,7 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(si
         assert (await get_text(w.url + "/readyz"))[0] == 200
         other = await open_watch(w.url, SERVICES)
         try:
-            await wait_for(lambda: len(other.events) == 3, 5, "a new watch to be served")
+            await eventually(lambda: len(other.events) == 3, 5, "a new watch to be served")
         finally:
             await other.stop()
 
@@ -151,7 +157,7 @@ async def test_two_hundred_concurrent_watches_and_list_bursts_all_converge_and_l
                    for i in range(n)]
         try:
             assert all(w.status == 200 for w in watches)
-            await wait_for(lambda: len(wrapper.watches) == n, 10, f"{n} open watches")
+            await eventually(lambda: len(wrapper.watches) == n, 10, f"{n} open watches")
 
             async def list_once() -> int:
                 async with session.get(wrapper.url + ENDPOINTSLICES.collection_path()) as resp:
@@ -176,7 +182,7 @@ async def test_two_hundred_concurrent_watches_and_list_bursts_all_converge_and_l
                 return all(rv_map(w.state()) == rv_map(want_slices if i % 2 else want_nodes)
                            for i, w in enumerate(watches))
 
-            await wait_for(converged, 20, "every client to see every change")
+            await eventually(converged, 20, "every client to see every change")
             for w in watches:
                 assert not w.ended and w.error == ""
                 rvs = w.rvs()
@@ -184,7 +190,7 @@ async def test_two_hundred_concurrent_watches_and_list_bursts_all_converge_and_l
         finally:
             for w in watches:
                 await w.stop()
-    await wait_for(lambda: len(wrapper.watches) == 0, 10, "every watch handler to end")
+    await eventually(lambda: len(wrapper.watches) == 0, 10, "every watch handler to end")
     assert all(wrapper.watches.watchers(name) == 0 for name in wrapper.cache.views)
 
 
@@ -209,11 +215,11 @@ async def test_sigterm_ends_open_watches_cleanly_and_the_process_exits_zero(sim:
                 return (await get_text(url + "/readyz"))[0] == 200
             return False
 
-        for _ in range(300):
-            if await ready() or proc.returncode is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert proc.returncode is None and await ready(), "the wrapper never became ready"
+        async def ready_or_exited() -> bool:
+            return proc.returncode is not None or await ready()
+
+        await eventually(ready_or_exited, 15, "the wrapper process to become ready", interval=0.05)
+        assert proc.returncode is None, "the wrapper exited"
         async with aiohttp.ClientSession() as session:
             async with session.get(url + SERVICES.collection_path(), params={"watch": "true"}) as resp:
                 assert resp.status == 200
@@ -237,7 +243,7 @@ async def test_sigterm_ends_open_watches_cleanly_and_the_process_exits_zero(sim:
 
 async def test_a_client_that_disconnects_mid_watch_frees_its_handler(wrapper: Running) -> None:
     w = await open_watch(wrapper.url, ENDPOINTSLICES)
-    await wait_for(lambda: len(wrapper.watches) == 1, 5, "the watch")
+    await eventually(lambda: len(wrapper.watches) == 1, 5, "the watch")
     await w.stop()
-    await wait_for(lambda: len(wrapper.watches) == 0, 5, "the handler to end")
+    await eventually(lambda: len(wrapper.watches) == 0, 5, "the handler to end")
     assert {key_of(o) for o in (await list_items(wrapper.url, ENDPOINTSLICES)).values()}

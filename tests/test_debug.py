@@ -14,7 +14,9 @@ import orjson
 import pytest
 
 from apisim.server import Simulator
+from cache.buildinfo import IMPLEMENTATION, PYTHON, VERSION
 from kubeapi.resources import ENDPOINTSLICES, NODES, SERVICES
+from tests.support.waiting import eventually
 from wrapper.compose import Running
 from wrapper.logs import JSONFormatter
 
@@ -24,12 +26,15 @@ async def fetch(url: str) -> tuple[int, str, str]:
         return resp.status, resp.headers.get("Content-Type", ""), await resp.text()
 
 
-async def test_pprof_index_links_every_debug_page(wrapper: Running) -> None:
-    code, ctype, body = await fetch(f"{wrapper.debug_url}/debug/pprof/")
+@pytest.mark.parametrize("index", ["/", "/debug", "/debug/", "/debug/pprof/"])
+async def test_every_index_links_every_debug_page_and_every_link_is_served(wrapper: Running, index: str) -> None:
+    code, ctype, body = await fetch(f"{wrapper.debug_url}{index}")
     assert code == 200 and ctype.startswith("text/html")
-    for link in ("/debug/pprof/profile", "/debug/pprof/heap", "/debug/pprof/tasks", "/debug/cache",
-                 "/debug/topology", "/metrics"):
-        assert f'href="{link}' in body
+    links = set(re.findall(r'href="([^"?]+)', body))
+    assert links == {"/debug/pprof/", "/debug/pprof/profile", "/debug/pprof/heap", "/debug/pprof/tasks",
+                     "/debug/cache", "/debug/topology", "/metrics"}
+    for link in links - {"/debug/pprof/profile", "/debug/pprof/heap"}:  # those two start work of their own
+        assert (await fetch(f"{wrapper.debug_url}{link}"))[0] == 200, link
 
 
 @pytest.mark.parametrize(("fmt", "ctype"), [("html", "text/html"), ("speedscope", "application/json"),
@@ -44,11 +49,11 @@ async def test_cpu_profile_of_one_second_in_each_format(wrapper: Running, fmt: s
 
 
 async def test_a_second_profile_while_one_runs_gets_409(wrapper: Running) -> None:
-    first = asyncio.create_task(fetch(f"{wrapper.debug_url}/debug/pprof/profile?seconds=1"))
-    await asyncio.sleep(0.2)
-    code, _, body = await fetch(f"{wrapper.debug_url}/debug/pprof/profile?seconds=1")
-    assert code == 409 and json.loads(body)["reason"] == "Conflict"
-    assert (await first)[0] == 200
+    # Two profiles asked at once: whichever starts first runs its two seconds, the other gets 409.
+    answers = await asyncio.gather(*(fetch(f"{wrapper.debug_url}/debug/pprof/profile?seconds=2") for _ in range(2)))
+    assert sorted(code for code, _, _ in answers) == [200, 409]
+    [(_, _, refused)] = [answer for answer in answers if answer[0] == 409]
+    assert json.loads(refused)["reason"] == "Conflict"
 
 
 @pytest.mark.parametrize("query", ["seconds=0", "seconds=301", "seconds=abc", "format=svg"])
@@ -68,12 +73,17 @@ async def test_heap_starts_tracing_reports_top_allocations_and_stops(wrapper: Ru
     assert "stopped" in body
 
 
-async def test_tasks_dump_shows_the_reflectors_with_stacks(wrapper: Running) -> None:
-    code, _, body = await fetch(f"{wrapper.debug_url}/debug/pprof/tasks")
+async def test_tasks_dump_shows_each_tasks_own_coroutine_stack(wrapper: Running) -> None:
+    async with aiohttp.ClientSession() as s, s.get(f"{wrapper.url}/api/v1/services?watch=1") as watch:
+        assert watch.status == 200
+        code, _, body = await fetch(f"{wrapper.debug_url}/debug/pprof/tasks")
     assert code == 200
     for name in ("reflector:nodes", "reflector:services", "reflector:endpointslices", "reflector:endpoints"):
         assert f"task {name}" in body
-    assert "Stack for" in body
+    # Not only the outermost frame (aiohttp's request handler, asyncio's task step): the frames of
+    # our own code that the task is suspended in.
+    assert "cache/reflector.py" in body, body[:3000]
+    assert "wrapper/watching.py" in body, body[:3000]
 
 
 async def test_cache_page_shows_counts_versions_and_watch_backlog(wrapper: Running) -> None:
@@ -132,12 +142,15 @@ async def test_metrics_expose_requests_state_topology_and_process(wrapper: Runni
     await fetch(f"{wrapper.url}{SERVICES.collection_path()}")
     sim.patch(NODES, None, "gz-2", {"metadata": {"labels": {"location": "beijing"}}})
     sim.patch(NODES, None, "bj-1", {"metadata": {"labels": {"debug": "yes"}}})
-    for _ in range(100):
+
+    async def refiltered() -> tuple[str, str] | None:
         _, ctype, text = await fetch(f"{wrapper.debug_url}/metrics")
-        if (metric(text, "application_grid_wrapper_topology_endpoints", decision="kept") == 3
-                and metric(text, "application_grid_wrapper_upstream_events_total", resource="nodes") >= 1):
-            break
-        await asyncio.sleep(0.05)
+        done = (metric(text, "application_grid_wrapper_topology_endpoints", decision="kept") == 3
+                and metric(text, "application_grid_wrapper_upstream_events_total", resource="nodes") >= 1)
+        return (ctype, text) if done else None
+
+    ctype, text = await eventually(refiltered, 10, "gz-2's endpoint kept after its move, bj-1's event counted",
+                                   interval=0.05)
     assert ctype.startswith("text/plain")
     p = "application_grid_wrapper"
     assert metric(text, f"{p}_requests_total", verb="list", resource="services", code="200") >= 1
@@ -151,6 +164,10 @@ async def test_metrics_expose_requests_state_topology_and_process(wrapper: Runni
     assert metric(text, f"{p}_open_watches", resource="services") == 0
     assert metric(text, f"{p}_upstream_relists_total", resource="nodes") == 0
     assert metric(text, "process_resident_memory_bytes") > 0
+    # Which build runs on which Python; and no *_created series beside every counter and histogram.
+    assert metric(text, f"{p}_build_info", version=VERSION, python_version=PYTHON,
+                  python_implementation=IMPLEMENTATION) == 1
+    assert "_created" not in text
 
 
 def test_json_log_lines_carry_level_logger_message_and_extras() -> None:

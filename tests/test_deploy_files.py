@@ -2,8 +2,9 @@
 
 (a) a small Dockerfile linter (pinned bases, multi-stage, numeric non-root USER, no
 HEALTHCHECK, no compilers in the final stage), (b) strict schema validation of every manifest,
-(c) the DaemonSet's operational properties, (d) the ClusterRole's exact grants, (e) rendering
-with ``kubectl kustomize`` (the newest kubectl found; the test extra installs 1.37).
+(c) the DaemonSet's operational properties, (d) the wrapper's exact grants, (e) rendering
+with ``kubectl kustomize`` (the newest kubectl found; the test extra installs 1.37), (f) the
+topology publisher's Deployment and its exact grants.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ K8S_VERSIONS = ("1.30.0", "1.37.0")
 WRAPPER_URL = "http://127.0.0.1:51006"
 CACHE_DIR = "/var/lib/application-grid-wrapper"
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
+WRAPPER = "application-grid-wrapper"
+PUBLISHER = "application-grid-wrapper-topology-publisher"
 
 Doc = dict[str, Any]
 
@@ -255,7 +258,8 @@ def validate(doc: Doc) -> None:
 
 def test_manifests_exist() -> None:
     kinds = {d["kind"] for d in wrapper_objects()}
-    assert {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ConfigMap"} <= kinds
+    assert {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ConfigMap",
+            "Role", "RoleBinding", "Deployment"} <= kinds
 
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
@@ -292,9 +296,10 @@ def test_every_file_is_used_by_a_kustomization() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def one(kind: str, docs: list[Doc] | None = None) -> Doc:
-    found = [d for d in (wrapper_objects() if docs is None else docs) if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def one(kind: str, docs: list[Doc] | None = None, name: str | None = None) -> Doc:
+    found = [d for d in (wrapper_objects() if docs is None else docs)
+             if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
 
@@ -333,7 +338,7 @@ def test_daemonset_scheduling(ds: Doc, pod: Doc) -> None:
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["nodeSelector"].get("kubernetes.io/os") == "linux"
-    assert pod["serviceAccountName"] == one("ServiceAccount")["metadata"]["name"]
+    assert pod["serviceAccountName"] == one("ServiceAccount", name=WRAPPER)["metadata"]["name"]
     strategy = ds["spec"]["updateStrategy"]
     assert strategy["type"] == "RollingUpdate"
     assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
@@ -433,16 +438,38 @@ EXPECTED_GRANTS = {
 }  # fmt: skip
 
 
-def test_cluster_role_grants_exactly_what_is_needed() -> None:
-    role = one("ClusterRole")
-    grants = set()
-    for rule in role["rules"]:
-        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected rule fields: {rule}"
-        for value in rule["apiGroups"] + rule["resources"] + rule["verbs"]:
-            assert "*" not in value, f"wildcard in {rule}"
-        grants |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    assert grants == EXPECTED_GRANTS
+def grants_of(role: Doc) -> set[tuple[str, ...]]:
+    """(group, resource, verb), or (group, resource, verb, name) for a rule limited to resourceNames."""
+    grants: set[tuple[str, ...]] = set()
     assert "aggregationRule" not in role
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, f"unexpected rule fields: {rule}"
+        for value in rule["apiGroups"] + rule["resources"] + rule["verbs"] + rule.get("resourceNames", []):
+            assert "*" not in value, f"wildcard in {rule}"
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                for v in rule["verbs"]:
+                    names = rule.get("resourceNames")
+                    grants |= {(g, r, v, n) for n in names} if names else {(g, r, v)}
+    return grants
+
+
+def test_cluster_role_grants_exactly_what_is_needed() -> None:
+    assert grants_of(one("ClusterRole", name=WRAPPER)) == EXPECTED_GRANTS
+
+
+def test_the_wrapper_may_read_the_node_topology_buckets_in_its_namespace_only() -> None:
+    # The publisher's buckets (ConfigMaps node-topology-*) live beside the wrapper; names change.
+    role = one("Role", name="application-grid-wrapper-node-topology")
+    assert role["metadata"]["namespace"] == one("Namespace")["metadata"]["name"]
+    assert grants_of(role) == {("", "configmaps", "get"), ("", "configmaps", "list"), ("", "configmaps", "watch")}
+    binding = one("RoleBinding", name=role["metadata"]["name"])
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    sa = one("ServiceAccount", name=WRAPPER)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}]
 
 
 # What wrapper/lending.py lends the wrapper's identity to, as (method, path) -> RBAC grant.
@@ -456,6 +483,14 @@ NOT_LENT = [
     ("POST", "/api/v1/namespaces/default/events", ("", "events", "create")),
     ("PATCH", "/api/v1/namespaces/default/events/kube-proxy.1", ("", "events", "patch")),
     ("GET", "/apis/networking.k8s.io/v1/servicecidrs/kubernetes", ("networking.k8s.io", "servicecidrs", "get")),
+    ("GET", "/api/v1/namespaces/kube-system/pods", ("", "pods", "list")),
+    ("GET", "/api/v1/namespaces/kube-system/status", ("", "namespaces/status", "get")),
+    ("DELETE", "/api/v1/namespaces/kube-system", ("", "namespaces", "delete")),
+]
+# Lent too, but granted only by the optional components/coredns (a node-local CoreDNS's Namespaces).
+LENT_WITH_COREDNS = [
+    ("GET", "/api/v1/namespaces", ("", "namespaces", "list")),
+    ("GET", "/api/v1/namespaces/kube-system", ("", "namespaces", "get")),
 ]
 
 
@@ -470,8 +505,25 @@ def test_cluster_role_grants_what_the_wrapper_lends_its_identity_to_and_nothing_
         assert grant not in EXPECTED_GRANTS, grant
 
 
+def test_the_coredns_component_grants_the_namespace_reads_lent_to_coredns_and_nothing_else(tmp_path: Path) -> None:
+    from wrapper.lending import may_lend_identity
+
+    tree = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, tree)
+    with (tree / "kustomization.yaml").open("a") as f:
+        f.write("components:\n  - components/coredns\n")
+    role = one("ClusterRole", kustomize(tree), name=WRAPPER)
+    validate(role)
+    grants = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+              for v in rule["verbs"]}
+    assert grants - EXPECTED_GRANTS == {("", "namespaces", v) for v in ("get", "list", "watch")}
+    for method, path, grant in LENT_WITH_COREDNS:
+        assert may_lend_identity(method, path) and grant in grants and grant not in EXPECTED_GRANTS
+
+
 def test_cluster_role_binding_binds_the_service_account() -> None:
-    binding, role, sa = one("ClusterRoleBinding"), one("ClusterRole"), one("ServiceAccount")
+    binding = one("ClusterRoleBinding", name=WRAPPER)
+    role, sa = one("ClusterRole", name=WRAPPER), one("ServiceAccount", name=WRAPPER)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
@@ -480,7 +532,10 @@ def test_cluster_role_binding_binds_the_service_account() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
     ]
-    assert not {"Role", "RoleBinding"} & {d["kind"] for d in all_objects()}  # no namespaced extras
+    # Namespaced grants: only the two Roles (the buckets for the wrapper, the publisher's own).
+    roles = {(d["kind"], d["metadata"]["name"]) for d in all_objects() if d["kind"] in ("Role", "RoleBinding")}
+    assert roles == {(k, n) for k in ("Role", "RoleBinding") for n in ("application-grid-wrapper-node-topology",
+                                                                        PUBLISHER)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,15 +600,17 @@ def kinds(docs: list[Doc]) -> list[str]:
 def test_kustomize_renders_the_wrapper() -> None:
     docs = kustomize(MANIFESTS)
     assert kinds(docs) == sorted(
-        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
+        ["Namespace", "ConfigMap", "DaemonSet", "Deployment"]
+        + 2 * ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
     )
     for doc in docs:
         validate(doc)
         if doc["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:
             assert doc["metadata"]["namespace"] == "edge-system"
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "application-grid-wrapper"
-    pod = one("DaemonSet", docs)["spec"]["template"]["spec"]
-    assert pod["containers"][0]["image"] == "ghcr.io/edge/application-grid-wrapper:0.1.0"
+    for kind in ("DaemonSet", "Deployment"):
+        pod = one(kind, docs)["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == "ghcr.io/edge/application-grid-wrapper:0.1.0"
 
 
 def test_kustomize_renders_the_kube_proxy_kubeconfig() -> None:
@@ -630,7 +687,7 @@ def test_kube_proxy_patch_applies_to_kubeadm_daemonset(tmp_path: Path) -> None:
 
 def _iter_containers(docs: list[Doc]) -> Iterator[Doc]:
     for doc in docs:
-        if doc["kind"] == "DaemonSet":
+        if doc["kind"] in ("DaemonSet", "Deployment"):
             spec = doc["spec"]["template"]["spec"]
             yield from spec["containers"] + spec.get("initContainers", [])
 
@@ -646,3 +703,164 @@ def test_the_image_and_the_daemonset_cap_malloc_arenas(container: Doc) -> None:
     assert env["MALLOC_ARENA_MAX"]["value"] == "2"
     final = parse_dockerfile(DOCKERFILE.read_text())[-1]
     assert "MALLOC_ARENA_MAX=2" in " ".join(final.args("ENV")).split(), "the image's ENV sets it"
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) the topology publisher
+# ---------------------------------------------------------------------------------------------
+
+EXPECTED_PUBLISHER_CLUSTER_GRANTS = {
+    ("", "nodes", "list"), ("", "nodes", "watch"), ("", "services", "list"), ("", "services", "watch"),
+}  # fmt: skip
+# The buckets' names change with each re-shard: the namespace is their only limit. The Lease's
+# name is fixed: all but create (which RBAC cannot limit by name) are limited to it.
+EXPECTED_PUBLISHER_ROLE_GRANTS = {
+    *(("", "configmaps", v) for v in ("get", "list", "watch", "create", "update", "delete")),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "get", PUBLISHER), ("coordination.k8s.io", "leases", "update", PUBLISHER),
+}  # fmt: skip
+
+
+@pytest.fixture
+def publisher_pod() -> Doc:
+    spec: Doc = one("Deployment", name=PUBLISHER)["spec"]["template"]["spec"]
+    return spec
+
+
+def publisher_args(pod: Doc) -> Any:
+    from publisher.options import build_parser
+
+    (container,) = pod["containers"]
+    command, *flags = container["args"]
+    assert command == "publish-topology"
+    flag_values(flags)  # --flag=value form
+    return build_parser().parse_args([f.replace("$(POD_NAMESPACE)", "edge-system") for f in flags])
+
+
+def test_publisher_runs_two_leader_elected_replicas_of_the_wrappers_image(publisher_pod: Doc, pod: Doc) -> None:
+    deployment = one("Deployment", name=PUBLISHER)
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["metadata"]["namespace"] == one("Namespace")["metadata"]["name"]
+    (container,) = publisher_pod["containers"]
+    assert container["image"] == pod["containers"][0]["image"]
+    args = publisher_args(publisher_pod)
+    assert args.leader_elect and args.leader_elect_resource_name == PUBLISHER
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert "--namespace=$(POD_NAMESPACE)" in container["args"]
+    assert publisher_pod["serviceAccountName"] == one("ServiceAccount", name=PUBLISHER)["metadata"]["name"]
+    assert not publisher_pod.get("hostNetwork", False)
+    spread = publisher_pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_publisher_security(publisher_pod: Doc) -> None:
+    assert publisher_pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = publisher_pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsUser"] == 65532
+    assert "volumes" not in publisher_pod  # it writes nothing locally
+    assert container["resources"]["limits"]["memory"] == "256Mi" and "cpu" not in container["resources"]["limits"]
+
+
+def test_publisher_grants_exactly_what_it_uses() -> None:
+    assert grants_of(one("ClusterRole", name=PUBLISHER)) == EXPECTED_PUBLISHER_CLUSTER_GRANTS
+    role = one("Role", name=PUBLISHER)
+    assert role["metadata"]["namespace"] == "edge-system"
+    assert grants_of(role) == EXPECTED_PUBLISHER_ROLE_GRANTS
+
+
+def test_publisher_bindings_bind_its_service_account() -> None:
+    sa = one("ServiceAccount", name=PUBLISHER)
+    subject = [{"kind": "ServiceAccount", "name": PUBLISHER, "namespace": sa["metadata"]["namespace"]}]
+    for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = one(kind, name=PUBLISHER)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": PUBLISHER}
+        assert binding["subjects"] == subject
+
+
+async def test_every_request_the_publisher_makes_is_granted_by_its_rbac() -> None:
+    """Run the publisher and its election through creates, re-shards (deletes), a bucket that lost its
+    labels (a get) and a release; map each request it sent to an RBAC verb and find its grant."""
+    import asyncio
+
+    from apisim import Simulator
+    from apisim.resources import SERVED_BY_PLURAL
+    from apisim.seeds import node, servicegrid_demo
+    from cache.apiclient import ApiClient
+    from cache.listwatch import ReflectorSettings
+    from kubeapi.node_topology import BUCKET_LABELS, LABEL_SELECTOR
+    from kubeapi.resources import CONFIGMAPS, NODES, match_path
+    from publisher.leader import LeaderElector, LeaseSettings
+    from publisher.writer import AlwaysLeader, PublisherSettings, TopologyPublisher
+    from tests.support.stack import running_simulator
+    from tests.support.waiting import eventually
+
+    cluster_grants = grants_of(one("ClusterRole", name=PUBLISHER))
+    namespaced = grants_of(one("Role", name=PUBLISHER)) | cluster_grants
+    async with running_simulator(Simulator(servicegrid_demo, bookmark_interval=0.3)) as sim, \
+            ApiClient(sim.url) as client:
+        publisher = TopologyPublisher(client, "edge-system", AlwaysLeader(),
+                                      PublisherSettings(per_bucket=2, debounce=0.05),
+                                      ReflectorSettings(read_timeout=5.0, backoff_initial=0.05))
+        elector = LeaderElector(client, "edge-system", PUBLISHER, "me", LeaseSettings(retry_period=0.05),
+                                on_change=publisher.leadership_changed)
+        publisher.leadership = elector
+        tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(elector.run())]
+
+        def bucket_names() -> list[str]:
+            return [c["metadata"]["name"] for c in sim.list(CONFIGMAPS, "edge-system", label_selector=LABEL_SELECTOR)]
+
+        try:
+            await eventually(lambda: len(bucket_names()) == 2, what="two buckets")
+            for i in range(3):
+                sim.create(NODES, node(f"edge-{i}", f"10.1.0.{i}", {"location": "x"}))
+            await eventually(lambda: len(bucket_names()) == 4 and publisher.settled, what="a re-shard")
+            first = bucket_names()[0]
+            sim.patch_labels(CONFIGMAPS, "edge-system", first, dict.fromkeys(BUCKET_LABELS))
+            await eventually(lambda: first in bucket_names(), what="the bucket restored")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert await elector.release()
+        verbs = {"POST": ["create"], "PUT": ["update"], "PATCH": ["patch"], "DELETE": ["delete"], "GET": ["get"]}
+        used = set()
+        for seen in sim.seen:
+            rp = match_path(seen.path, SERVED_BY_PLURAL)
+            assert rp is not None, seen.path
+            res = rp.resource
+            wanted = verbs[seen.method] if rp.name or seen.method != "GET" else ["list", "watch"]
+            grants = namespaced if rp.namespace == "edge-system" else cluster_grants
+            for verb in wanted:
+                used.add((res.plural, verb))
+                assert (res.group, res.plural, verb) in grants or (
+                    rp.name is not None and (res.group, res.plural, verb, rp.name) in grants
+                ), f"{seen.method} {seen.path}: no grant for {verb}"
+        # and the scenario did exercise every kind of write
+        assert {("configmaps", v) for v in ("create", "update", "delete", "get")} <= used
+        assert {("leases", v) for v in ("create", "update", "get")} <= used
+
+
+# ---------------------------------------------------------------------------------------------
+# (g) paths the docs and manifests point at exist
+# ---------------------------------------------------------------------------------------------
+
+_TOP = "manifests|docs|scripts|bench|tests|apisim|wrapper|cache|filters|kubeapi|publisher"
+_PATH_REF = re.compile(rf"(?<![\w/.-])((?:{_TOP})/[A-Za-z0-9_./-]*[A-Za-z0-9_/])")
+
+
+def test_every_repository_path_named_in_the_docs_and_manifests_exists() -> None:
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(MANIFESTS.rglob("*.yaml")),
+               DOCKERFILE]
+    missing = []
+    for source in sources:
+        for ref in _PATH_REF.findall(source.read_text()):
+            target = ROOT / ref.rstrip("/")
+            # "results/<time>.json"-style placeholders and glob patterns are not paths.
+            if "<" in ref or "*" in ref:
+                continue
+            if not target.exists():
+                missing.append(f"{source.relative_to(ROOT)}: {ref}")
+    assert not missing, missing

@@ -22,6 +22,7 @@ from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
 from tests.support.oracle import PROXY_LABELS
 from tests.support.stack import Stack, stack, wait_caught_up
+from tests.support.waiting import eventually
 
 LOCAL = "node-00000"
 Request = tuple[Resource, str | None, str, str]  # resource, namespace, labelSelector, fieldSelector
@@ -199,12 +200,11 @@ async def open_watch_pairs(s: aiohttp.ClientSession, st: Stack, params: dict[str
     """One watch per request on each side; returns once all of them have started."""
     before_sim, before_wrapper = st.sim.open_watches, len(st.wrapper.watches)
     tasks = [asyncio.create_task(_watch_pair(s, st, req, params, target)) for req in REQUESTS]
-    for _ in range(500):
-        if (st.sim.open_watches >= before_sim + len(REQUESTS)
-                and len(st.wrapper.watches) >= before_wrapper + len(REQUESTS)):
-            return tasks
-        await asyncio.sleep(0.01)
-    raise AssertionError("the watches did not open")
+    await eventually(lambda: (st.sim.open_watches >= before_sim + len(REQUESTS)
+                              and len(st.wrapper.watches) >= before_wrapper + len(REQUESTS)), 10,
+                     "every watch to be open on both sides",
+                     detail=lambda: f"simulator {st.sim.open_watches}, wrapper {len(st.wrapper.watches)}")
+    return tasks
 
 
 def matching_count(sim: Simulator, req: Request) -> int:
@@ -273,11 +273,7 @@ async def test_after_a_forced_upstream_relist_lists_still_equal_the_simulators(p
     sim.compact()
     sim.close_watches()
     sim.resume_watches()
-    for _ in range(200):
-        if w.informers.reflectors["nodes"].state.relists >= 1:
-            break
-        await asyncio.sleep(0.05)
-    assert w.informers.reflectors["nodes"].state.relists >= 1
+    await eventually(lambda: w.informers.reflectors["nodes"].state.relists >= 1, 10, "the wrapper to relist Nodes")
     await wait_caught_up(w, sim)
     path = NODES.collection_path() + f"/{LOCAL}"
     async with aiohttp.ClientSession() as s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -30,12 +31,12 @@ from tests.support.faultkit import (
     open_watch,
     run_until_synced,
     running_wrapper,
-    wait_for,
     without_rv,
 )
 from tests.support.garbage_upstream import GarbageUpstream
 from tests.support.reflector import ReflectorModel
 from tests.support.stack import running_simulator
+from tests.support.waiting import eventually
 from wrapper.app import build_app
 from wrapper.compose import Running
 from wrapper.serving import ServeSettings
@@ -61,6 +62,10 @@ def expected_demo_nodes(sim: Simulator) -> set[str | None]:
 
 def reflector_totals(running: Running, attr: str) -> int:
     return sum(getattr(r.state, attr) for r in running.informers.reflectors.values())
+
+
+def all_relisted_since(running: Running, before: dict[str, int]) -> bool:
+    return all(r.state.relists > before[n] for n, r in running.informers.reflectors.items())
 
 
 def assert_strictly_increasing(rvs: list[int]) -> None:
@@ -91,19 +96,21 @@ async def test_connection_reset_mid_watch_resumes_from_last_rv_and_clients_see_n
                 assert sim.close_watches() >= 1
             upstream_rvs.append(int(sim.patch_labels(NODES, None, LOCAL_NODE, {"round": f"b{i}"})["metadata"][
                 "resourceVersion"]))
-            await asyncio.sleep(0.1)
+            # The next round cuts a watch that has resumed and carried this round's changes.
+            await eventually(lambda: wrapper.cache.upstream_rv(NODES) == sim.rv, 10, f"round {i} downstream")
         assert len(set(upstream_rvs)) == 2 * len(locations) and min(upstream_rvs) > start_rv
-        await wait_for(lambda: reflector_totals(wrapper, "reconnects") > reconnects, 10, "a reconnect")
-        await wait_for(lambda: wrapper.informers.connected, 10, "the reflectors to reconnect")
-        await wait_for(lambda: wrapper.cache.upstream_rv(NODES) >= upstream_rvs[-1], 10, "the wrapper to catch up")
+        await eventually(lambda: reflector_totals(wrapper, "reconnects") > reconnects, 10, "a reconnect")
+        await eventually(lambda: wrapper.informers.connected, 10, "the reflectors to reconnect")
+        await eventually(lambda: wrapper.cache.upstream_rv(NODES) == sim.rv, 10, "the wrapper to catch up")
         await slices.wait_until(lambda s: node_names(demo_slice(s)) == expected_demo_nodes(sim))
         # Resumed from its last RV: no relist upstream, none by the client either.
         assert reflector_totals(wrapper, "relists") == 0
         assert slices.lists == 1 and slices.relists == 0 and slices.violations == []
-        await wait_for(lambda: len(nodes_watch.rvs()) >= len(upstream_rvs), 10, "every node change downstream")
-        await asyncio.sleep(0.2)  # a duplicate would arrive now
+        # A last change after them all: the watch is ordered, so a duplicate would come before it.
+        barrier = int(sim.patch_labels(NODES, None, LOCAL_NODE, {"round": "last"})["metadata"]["resourceVersion"])
+        await eventually(lambda: barrier in nodes_watch.rvs(), 10, "every node change downstream")
         # Exactly the upstream events, once each, in order: no gap, no duplicate.
-        assert nodes_watch.rvs() == upstream_rvs
+        assert nodes_watch.rvs() == [*upstream_rvs, barrier]
         assert_strictly_increasing(nodes_watch.rvs())
         final = {k: without_rv(v) for k, v in nodes_watch.state().items()}
         assert final == {LOCAL_NODE: without_rv(upstream_nodes(sim)[LOCAL_NODE])}
@@ -122,7 +129,7 @@ async def test_apiserver_restart_on_the_same_port_serves_cache_throughout_and_re
         before = await list_items(wrapper.url, ENDPOINTSLICES)
         port = sim.port
         await sim.stop()
-        await wait_for(lambda: not wrapper.informers.connected, 10, "the wrapper to notice the apiserver is gone")
+        await eventually(lambda: not wrapper.informers.connected, 10, "the wrapper to notice the apiserver is gone")
         # Down: lists still answered from the cache, the client's watch stays open.
         assert await list_items(wrapper.url, ENDPOINTSLICES) == before
         assert (await get_text(wrapper.url + "/readyz"))[0] == 200
@@ -130,7 +137,7 @@ async def test_apiserver_restart_on_the_same_port_serves_cache_throughout_and_re
         sim.patch_labels(NODES, None, "gz-2", {"location": "beijing"})
         sim.patch_labels(NODES, None, "bj-3", {"location": "guangzhou"})
         await sim.start("127.0.0.1", port)
-        await wait_for(lambda: wrapper.informers.connected, 15, "the wrapper to reconnect after the restart")
+        await eventually(lambda: wrapper.informers.connected, 15, "the wrapper to reconnect after the restart")
         await slices.wait_until(lambda s: node_names(demo_slice(s)) == {"bj-1", "gz-2"}, 15)
         assert reflector_totals(wrapper, "relists") == 0
         assert slices.lists == 1 and slices.relists == 0 and slices.violations == []
@@ -160,7 +167,7 @@ async def test_a_quiet_healthy_watch_is_kept_until_the_server_ends_it_and_then_r
         services = w.informers.reflectors["services"]
         first = sim.reads("services", "watch")
         # The server ends the 2 s watch (ten read timeouts of silence); the wrapper resumes it.
-        await wait_for(lambda: sim.reads("services", "watch") > first, 10, "the server to end the quiet watch")
+        await eventually(lambda: sim.reads("services", "watch") > first, 10, "the server to end the quiet watch")
         assert services.state.reconnects == 0 and services.state.last_error == ""
         assert services.state.relists == 0 and services.state.connected
 
@@ -178,12 +185,12 @@ async def test_a_half_open_upstream_watch_is_abandoned_at_its_deadline_and_chang
         nodes = w.informers.reflectors["nodes"].state
         sim.pause_watches()
         sim.patch_labels(NODES, None, "bj-1", {"location": "beijing", "tier": "gold"})
-        await wait_for(lambda: nodes.reconnects >= 1, 10, "the half-open watch to be abandoned")
+        await eventually(lambda: nodes.reconnects >= 1, 10, "the half-open watch to be abandoned")
         assert "in time" in nodes.last_error or "timeout" in nodes.last_error, nodes.last_error
         # The cache keeps serving the last state meanwhile.
         assert node_names(demo_slice(await list_items(w.url, ENDPOINTSLICES))) == {"bj-1", "bj-3"}
         sim.resume_watches()
-        await wait_for(lambda: w.cache.node_labels["bj-1"].get("tier") == "gold", 10, "the catch-up")
+        await eventually(lambda: w.cache.node_labels["bj-1"].get("tier") == "gold", 10, "the catch-up")
         assert nodes.relists == 0
 
 
@@ -198,7 +205,7 @@ async def test_repeated_compaction_storms_make_the_wrapper_relist_while_clients_
         await slices.wait_until(lambda s: bool(s))
         storms = 4
         for i in range(storms):
-            await wait_for(lambda: wrapper.informers.connected, 10, "connected before the storm")
+            await eventually(lambda: wrapper.informers.connected, 10, "connected before the storm")
             before = {n: r.state.relists for n, r in wrapper.informers.reflectors.items()}
             sim.pause_watches()
             sim.patch_labels(NODES, None, "gz-2", {"location": "beijing" if i % 2 == 0 else "guangzhou"})
@@ -206,11 +213,10 @@ async def test_repeated_compaction_storms_make_the_wrapper_relist_while_clients_
             sim.close_watches()
             sim.resume_watches()
             # Every reflector's RV is now below the compaction: each must relist, not resume.
-            await wait_for(lambda b=before: all(  # type: ignore[misc]
-                r.state.relists > b[n] for n, r in wrapper.informers.reflectors.items()), 15, f"relist #{i + 1}")
+            await eventually(functools.partial(all_relisted_since, wrapper, before), 15, f"relist #{i + 1}")
         for name, r in wrapper.informers.reflectors.items():
             assert r.state.relists >= storms, (name, r.state)
-        await wait_for(lambda: wrapper.informers.connected, 10, "reconnected")
+        await eventually(lambda: wrapper.informers.connected, 10, "reconnected")
         # storms is even: gz-2 is back in guangzhou.
         await slices.wait_until(lambda s: node_names(demo_slice(s)) == expected_demo_nodes(sim) == {"bj-1", "bj-3"})
         assert slices.relists == 0 and slices.violations == []
@@ -222,7 +228,7 @@ async def test_repeated_compaction_storms_make_the_wrapper_relist_while_clients_
 async def test_client_watch_from_an_rv_older_than_the_wrapper_history_gets_an_error_410(wrapper: Running) -> None:
     w = await open_watch(wrapper.url, SERVICES, resourceVersion="1")
     try:
-        await wait_for(lambda: w.ended, 10, "the stream to end")
+        await eventually(lambda: w.ended, 10, "the stream to end")
         assert w.status == 200 and w.error == ""
         [ev] = w.events
         assert ev["type"] == "ERROR"
@@ -244,16 +250,16 @@ async def test_a_client_watch_whose_events_were_evicted_from_a_tiny_history_gets
     url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     informers.start()
     try:
-        await wait_for(lambda: cache.ready, 10, "sync")
+        await eventually(lambda: cache.ready, 10, "sync")
         code, listed = await get_json(url + NODES.collection_path(), {"fieldSelector": f"metadata.name={LOCAL_NODE}"})
         assert code == 200
         list_rv = listed["metadata"]["resourceVersion"]
         for i in range(8):
             sim.patch_labels(NODES, None, LOCAL_NODE, {"round": str(i)})
-        await wait_for(lambda: cache.upstream_rv(NODES) == sim.rv, 10, "the wrapper to see every change")
+        await eventually(lambda: cache.upstream_rv(NODES) == sim.rv, 10, "the wrapper to see every change")
         w = await open_watch(url, NODES, resourceVersion=list_rv)
         try:
-            await wait_for(lambda: w.ended, 10, "the stream to end")
+            await eventually(lambda: w.ended, 10, "the stream to end")
             assert [e["type"] for e in w.events] == ["ERROR"]
             assert w.events[0]["object"]["code"] == 410
         finally:
@@ -262,7 +268,7 @@ async def test_a_client_watch_whose_events_were_evicted_from_a_tiny_history_gets
         w2 = await open_watch(url, NODES, resourceVersion=str(cache.views["nodes"].rv))
         sim.patch_labels(NODES, None, LOCAL_NODE, {"round": "last"})
         try:
-            await wait_for(lambda: bool(w2.events), 10, "the next event")
+            await eventually(lambda: bool(w2.events), 10, "the next event")
             assert w2.events[0]["type"] == "MODIFIED"
         finally:
             await w2.stop()
@@ -284,13 +290,15 @@ async def test_upstream_errors_back_off_recover_and_readyz_never_flaps(
     stop = asyncio.Event()
 
     async def poll() -> None:
+        """Sample /readyz every 20 ms until the test is done with the faults."""
         async with aiohttp.ClientSession() as s:
-            for _ in range(500):
+
+            async def sample() -> bool:
                 async with s.get(wrapper.url + "/readyz") as resp:
                     readyz.append(resp.status)
-                if stop.is_set():
-                    return
-                await asyncio.sleep(0.02)
+                return stop.is_set()
+
+            await eventually(sample, 40, "the end of the fault window", interval=0.02)
 
     poller = asyncio.create_task(poll())
     try:
@@ -298,14 +306,14 @@ async def test_upstream_errors_back_off_recover_and_readyz_never_flaps(
         injected = sim.faults.injected
         sim.fail_next(6, code)
         sim.close_watches()
-        await wait_for(lambda: sim.faults.remaining == 0, 15, "every injected failure to be consumed")
-        await wait_for(lambda: wrapper.informers.connected, 15, "recovery")
+        await eventually(lambda: sim.faults.remaining == 0, 15, "every injected failure to be consumed")
+        await eventually(lambda: wrapper.informers.connected, 15, "recovery")
         assert sim.faults.injected - injected == 6
         assert reflector_totals(wrapper, "reconnects") - reconnects >= 6
         # Recovery does not need a relist: the watches resume from their RVs.
         assert reflector_totals(wrapper, "relists") == 0
         sim.patch_labels(NODES, None, "gz-2", {"location": "beijing"})
-        await wait_for(lambda: wrapper.cache.node_labels["gz-2"]["location"] == "beijing", 10, "new events")
+        await eventually(lambda: wrapper.cache.node_labels["gz-2"]["location"] == "beijing", 10, "new events")
     finally:
         stop.set()
         await poller
@@ -330,7 +338,7 @@ async def test_reflector_backoff_doubles_with_full_jitter_up_to_the_cap(
     sim.fail_next(6, 503)
     task = asyncio.create_task(r.run())
     try:
-        await wait_for(lambda: r.state.connected and r.state.synced_once, 10, "recovery after six 503s")
+        await eventually(lambda: r.state.connected and r.state.synced_once, 10, "recovery after six 503s")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -384,8 +392,8 @@ async def test_garbage_in_the_upstream_watch_is_logged_and_never_corrupts_the_ca
     try:
         async with running_wrapper(fake.url) as w:
             state = w.informers.reflectors["services"].state
-            await wait_for(lambda: bool(state.last_error) or fake.lists["services"] >= 2, 10, "the garbage")
-            await wait_for(lambda: fake.watches["services"] >= 2 and state.connected, 10, "a new watch")
+            await eventually(lambda: bool(state.last_error) or fake.lists["services"] >= 2, 10, "the garbage")
+            await eventually(lambda: fake.watches["services"] >= 2 and state.connected, 10, "a new watch")
             served = await list_items(w.url, SERVICES)
             plain = served["default/plain-svc"]["metadata"]
             assert plain["labels"].get("good") == "yes"
@@ -450,8 +458,9 @@ async def test_an_oversized_watch_event_does_not_kill_the_reflector() -> None:
     await fake.start()
     try:
         async with running_wrapper(fake.url) as w:
-            task = next(t for t in w.informers._tasks.values() if t.get_name() == "reflector:services")
-            await wait_for(lambda: fake.watches["services"] >= 2 or task.done(), 10, "the reflector to go on")
+            # Tasks are named for /debug/pprof/tasks: "reflector:<resource>".
+            task = next(t for t in asyncio.all_tasks() if t.get_name() == "reflector:services")
+            await eventually(lambda: fake.watches["services"] >= 2 or task.done(), 10, "the reflector to go on")
             assert not task.done(), task.exception() if task.done() else None
             served = await list_items(w.url, SERVICES)
             assert served["default/plain-svc"]["metadata"]["labels"].get("good") == "yes"

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from filters.api import Filter, Malformed, NodeChange, Reads, ServedSlices, TopologyContext
+from filters.discard import DISCARD_CLOUD_SERVICES
 from filters.keys import TopologyKeys
-from filters.pipeline import FILTERS, NO_POLICIES, Pipeline
+from filters.nodeport import NODEPORT_ISOLATION
+from filters.pipeline import FILTERS, NO_POLICIES, Pipeline, describe, select
 from filters.topology import TOPOLOGY
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, SERVICES
-from kubeapi.types import EndpointSlice, JSONDict
+from kubeapi.types import Endpoints, EndpointSlice, JSONDict
 
 LOCAL = "local"
 
@@ -126,8 +128,49 @@ def test_a_malformed_annotation_is_recorded_and_neither_reads_nor_acts() -> None
     assert record["malformed"] == problem.reason and record["filter"] == "topology"
 
 
-def test_topology_is_the_one_registered_filter() -> None:
-    assert FILTERS == (TOPOLOGY,)
+def test_the_registered_filters_and_the_ones_a_pipeline_runs_unless_told_otherwise() -> None:
+    assert FILTERS == (DISCARD_CLOUD_SERVICES, NODEPORT_ISOLATION, TOPOLOGY)
+    assert Pipeline().filters == (NODEPORT_ISOLATION, TOPOLOGY)  # discarding is a policy, off by default
+    assert "off by default: discard-cloud-services" in describe()
+
+
+@pytest.mark.parametrize(("spec", "names"), [
+    ("*", ["nodeport-isolation", "topology"]),
+    ("*,discard-cloud-services", ["discard-cloud-services", "nodeport-isolation", "topology"]),
+    (" * , -nodeport-isolation ", ["topology"]),
+    ("topology", ["topology"]),  # without "*" only the named ones run
+    ("topology,-nodeport-isolation", ["topology"]),
+    ("", []),
+    ("-topology", []),
+])
+def test_an_operator_selects_filters_as_kube_controller_manager_selects_controllers(
+        spec: str, names: list[str]) -> None:
+    assert [f.name for f in select(spec)] == names
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("*,topologee", "unknown filter 'topologee'"),
+    ("-nope", "unknown filter 'nope'"),
+    ("topology,-topology", "both added and removed"),
+])
+def test_a_selection_naming_an_unknown_filter_or_contradicting_itself_is_refused(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        select(spec)
+
+
+def test_the_pipeline_counts_what_each_filter_made_of_each_object_it_served() -> None:
+    pipeline = Pipeline([TOPOLOGY, HideAll()])
+    ctx = TopologyContext(LOCAL, NODES)
+    slices = [eslice("s-1", LOCAL, "b-1"), eslice("s-2", "a-2")]
+    pipeline.serve_slices(pipeline.policies_of(svc({"topologyKeys": '["location"]'})), slices, ctx)
+    assert pipeline.decisions == {("topology", "endpointslices", "rewritten"): 1,
+                                  ("topology", "endpointslices", "unchanged"): 1}
+    pipeline.serve_slices(pipeline.policies_of(svc({"topologyKeys": '["location"]', "test/hide": ""})), slices, ctx)
+    assert pipeline.decisions[("topology", "endpointslices", "rewritten")] == 2
+    assert pipeline.decisions[("hide-all", "endpointslices", "hidden")] == 2
+    endpoints: Endpoints = {"metadata": {"name": "s", "namespace": "default"}, "subsets": []}
+    pipeline.serve_endpoints(pipeline.policies_of(svc({"topologyKeys": '["location"]'})), endpoints, ctx)
+    assert pipeline.decisions[("topology", "endpoints", "unchanged")] == 1
 
 
 class HideAll(Filter[bool]):

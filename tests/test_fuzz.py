@@ -56,7 +56,7 @@ json_values = st.recursive(
 annotation_values = st.one_of(json_values.map(json.dumps), st.text(max_size=200),
                               st.lists(st.sampled_from(["*", "location", "a/b", "", "x" * 70, "Bad Key"]),
                                        max_size=25).map(json.dumps))
-annotations = st.dictionaries(
+annotation_dicts = st.dictionaries(
     st.sampled_from(["topologyKeys", "openyurt.io/topologyKeys", "other"]),
     st.one_of(annotation_values, st.sampled_from(["kubernetes.io/hostname", "openyurt.io/nodepool", " zone "])),
     max_size=3,
@@ -64,7 +64,7 @@ annotations = st.dictionaries(
 
 
 @FUZZ
-@given(ann=st.one_of(st.none(), annotations))
+@given(ann=st.one_of(st.none(), annotation_dicts))
 def test_parse_topology_keys_never_raises_and_returns_a_sound_policy(ann: dict[str, str] | None) -> None:
     result = parse_topology_keys(ann)
     assert result is None or isinstance(result, TopologyKeys | MalformedKeys)

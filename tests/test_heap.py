@@ -14,8 +14,9 @@ import pytest
 
 from apisim.server import Simulator
 from cache.apiclient import ApiClient
-from tests.support.faultkit import wait_for
+from tests.support.fake_clock import FakeClock
 from tests.support.stack import wait_ready
+from tests.support.waiting import eventually, one_loop_step
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.heap import HEAP, MEASURED_ON, NEVER, YOUNG_THRESHOLD, HeapManager, manage_heap, trim
 from wrapper.options import build_parser
@@ -40,20 +41,29 @@ def cyclic_garbage() -> weakref.ref[Node]:
     return weakref.ref(a)
 
 
+async def timed_pass(clock: FakeClock, seconds: float) -> None:
+    """Move ``clock`` on by ``seconds`` and wait until the schedule has run its pass and sleeps again."""
+    clock.advance(seconds)
+    await eventually(lambda: clock.pending, what="the heap schedule to finish its pass and sleep again")
+
+
 async def test_after_sync_automatic_collection_stops_and_timed_young_passes_freeze_their_survivors() -> None:
+    clock = FakeClock()
     ready = asyncio.Event()
-    task = asyncio.create_task(manage_heap(ready, young_interval=0.02, full_interval=3600))
-    await asyncio.sleep(0)
+    task = asyncio.create_task(manage_heap(ready, young_interval=0.05, full_interval=3600, clock=clock,
+                                           sleep=clock.sleep))
+    await one_loop_step()  # the schedule has started: it waits for the sync
     assert gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER), "young-only while the first sync runs"
     assert gc.isenabled() and gc.get_freeze_count() == 0
     ready.set()
-    await asyncio.sleep(0.01)
+    await eventually(lambda: clock.pending, what="the schedule to wait for its first timed pass")
     assert not gc.isenabled(), "the timer replaces automatic runs"
     frozen = gc.get_freeze_count()
     assert frozen > 0, "what survived the first sync is frozen"
     survivors = [Node() for _ in range(100)]
     garbage = cyclic_garbage()
-    await asyncio.sleep(0.06)  # at least one timed young pass
+    assert garbage() is not None, "nothing collects while no timed pass is due"
+    await timed_pass(clock, 0.05)
     assert garbage() is None, "a timed young pass collects young cycles"
     assert gc.get_freeze_count() >= frozen + len(survivors), "and freezes what survived it"
     assert gc.get_count()[0] < 100
@@ -64,20 +74,20 @@ async def test_after_sync_automatic_collection_stops_and_timed_young_passes_free
 
 
 async def test_the_full_pass_reclaims_cycles_that_died_after_being_frozen() -> None:
+    clock = FakeClock()
     ready = asyncio.Event()
     ready.set()
     alive = Node()
     alive.peer = alive  # alive and cyclic while frozen, garbage only later
     frozen_ref = weakref.ref(alive)
-    task = asyncio.create_task(manage_heap(ready, young_interval=0.01, full_interval=0.15))
-    await asyncio.sleep(0.05)  # the post-sync freeze and young passes have run: ``alive`` is frozen
+    task = asyncio.create_task(manage_heap(ready, young_interval=0.01, full_interval=0.15, clock=clock,
+                                           sleep=clock.sleep))
+    await eventually(lambda: clock.pending, what="the post-sync freeze")  # ``alive`` is frozen
     del alive
-    await asyncio.sleep(0.05)
+    for _ in range(5):
+        await timed_pass(clock, 0.01)
     assert frozen_ref() is not None, "young passes never look at frozen objects"
-    for _ in range(40):
-        if frozen_ref() is None:
-            break
-        await asyncio.sleep(0.02)
+    await timed_pass(clock, 0.2)  # past the full pass's interval
     assert frozen_ref() is None, "the full pass unfreezes and reclaims it"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -120,11 +130,11 @@ async def test_wrappers_run_the_regime_from_the_composition_root_and_the_last_on
     before = gc_state()
     assert before[0] and before[2] == 0
     first = await start(sim)
-    await wait_for(lambda: not gc.isenabled(), 10, "the timed passes to replace automatic collection after sync")
+    await eventually(lambda: not gc.isenabled(), 10, "the timed passes to replace automatic collection after sync")
     assert gc.get_freeze_count() > 0, "what survived the first sync is frozen"
     second = await start(sim)
     await stop(first)
-    assert HEAP.running and not gc.isenabled(), "a wrapper still runs: the regime stays"
+    assert (HEAP.running, gc.isenabled()) == (True, False), "a wrapper still runs: the regime stays"
     await stop(second)
     assert not HEAP.running
     assert gc_state() == before, "the last wrapper to stop gives the collector back as it was"
@@ -151,11 +161,12 @@ async def test_on_another_interpreter_auto_declines_once_and_on_forces_the_regim
         assert other.hold(ready, "auto") is None
     declined = [r for r in caplog.records if "measured on" in r.getMessage()]
     assert len(declined) == 1, "said once, not per wrapper"
-    assert gc_state() == before and not other.running
+    assert (gc_state(), other.running) == (before, False)
     forced = other.hold(ready, "on")
-    assert forced is not None and other.running
+    assert forced is not None
+    assert other.running, "forced on"
     assert gc.get_freeze_count() > 0, "what the process held before its first wrapper is frozen at once"
-    await wait_for(lambda: gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER), 5,
+    await eventually(lambda: gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER), 5,
                    "young-only collection while the first sync runs")
     await forced.release()
     await forced.release()  # releasing twice lets go once

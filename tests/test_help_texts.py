@@ -1,8 +1,9 @@
 """Every command's --help explains every flag in plain text.
 
-The commands are the wrapper, its demo, the simulator (``python -m apisim``) and the benchmark
-(``python -m bench``). Their help is what a new operator reads first: each visible flag has a
-sentence, and no reStructuredText markup (double backquotes, roles) leaks from docstrings.
+The commands are the wrapper, its demo, the topology publisher (``publish-topology``), the simulator
+(``python -m apisim``) and the benchmark (``python -m bench``). Their help is what a new operator
+reads first: each visible flag has a sentence, and no reStructuredText markup (double backquotes,
+roles) leaks from docstrings.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import pytest
 
 from apisim.__main__ import build_parser as apisim_parser
 from bench.run import build_parser as bench_parser
+from publisher.options import build_parser as publisher_parser
 from wrapper.options import build_demo_parser, build_parser
 
-PARSERS = {"wrapper": build_parser, "demo": build_demo_parser, "apisim": apisim_parser, "bench": bench_parser}
+PARSERS = {"wrapper": build_parser, "demo": build_demo_parser, "apisim": apisim_parser, "bench": bench_parser,
+           "publish-topology": publisher_parser}
 COMMANDS = {
     "wrapper": [sys.executable, "-m", "wrapper", "--help"],
     "demo": [sys.executable, "-m", "wrapper", "demo", "--help"],
+    "publish-topology": [sys.executable, "-m", "wrapper", "publish-topology", "--help"],
     "apisim": [sys.executable, "-m", "apisim", "--help"],
     "bench": [sys.executable, "-m", "bench", "--help"],
 }

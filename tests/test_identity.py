@@ -39,14 +39,16 @@ WRAPPER_TOKEN, WRAPPER_SA = "wrapper-sa-token", "system:serviceaccount:edge-syst
 CLIENT_TOKEN, CLIENT_USER = "kube-proxy-sa-token", "system:serviceaccount:kube-system:kube-proxy"
 
 EVENTS = "/apis/events.k8s.io/v1/namespaces/default/events"
-EVENT = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
-         "metadata": {"name": "kube-proxy.1", "namespace": "default"},
-         "reason": "Starting", "action": "StartKubeProxy", "reportingController": "kube-proxy",
-         "reportingInstance": "bj-1", "eventTime": "2026-11-23T00:00:00.000000Z",
-         "regarding": {"kind": "Node", "name": "bj-1"}}
-CRB = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "pwn"},
-       "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-       "subjects": [{"kind": "User", "name": "attacker"}]}
+EVENT: dict[str, object] = {
+    "apiVersion": "events.k8s.io/v1", "kind": "Event",
+    "metadata": {"name": "kube-proxy.1", "namespace": "default"},
+    "reason": "Starting", "action": "StartKubeProxy", "reportingController": "kube-proxy",
+    "reportingInstance": "bj-1", "eventTime": "2026-11-23T00:00:00.000000Z",
+    "regarding": {"kind": "Node", "name": "bj-1"}}
+CRB: dict[str, object] = {
+    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "pwn"},
+    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+    "subjects": [{"kind": "User", "name": "attacker"}]}
 
 # (method, path, body, lent to a client without credentials)
 REQUESTS: list[tuple[str, str, dict[str, object] | None, bool]] = [

@@ -89,11 +89,8 @@ def test_the_installed_kubernetes_asyncio_is_within_the_range_the_light_import_w
 
 def test_the_ordinary_import_is_used_when_the_light_one_is_not_possible(tmp_path: Path) -> None:
     cfg = exec_plugin_kubeconfig(tmp_path)
-    prelude = (
-        "import cache.kubeconfig_loaders as kl\n"
-        "    def broken(): raise ImportError('layout changed')\n"
-        "    kl._load_light = broken"
-    )
+    # As if the library had moved a module the light import loads by path: that import fails.
+    prelude = "sys.modules['kubernetes_asyncio.client.configuration'] = None"
     got = run_python(PROBE.format(path=str(cfg), prelude=prelude), tmp_path)
     assert got["auth"] == "Bearer from-the-plugin"
     assert got["light"] is False

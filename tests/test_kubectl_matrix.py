@@ -22,6 +22,7 @@ from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resour
 from tests.support.kubectl import Kubectl, find_kubectls, run_kubectl
 from tests.support.kubectl_watch import KubectlWatch
 from tests.support.oracle import filtered_state, key_of
+from tests.support.waiting import eventually
 from wrapper.compose import Running
 
 LOCAL = "bj-1"
@@ -241,11 +242,8 @@ async def test_watch_and_watch_only_follow_node_add_relabel_scale_and_service_de
         assert _endpoints_nodes(endpoints.docs[0]) == {"bj-1", "bj-3"}
         await table.wait_for(lambda w: any(slice_name in line for line in w.lines), "the initial table row")
         # Let the --watch-only processes open their watches before the first change.
-        for _ in range(200):
-            if len(wrapper.watches) >= 5:
-                break
-            await asyncio.sleep(0.02)
-        assert len(wrapper.watches) >= 5, len(wrapper.watches)
+        await eventually(lambda: len(wrapper.watches) >= 5, 10, "the five kubectl watches to be open",
+                         detail=lambda: f"{len(wrapper.watches)} open")
 
         # 1. A node joins (beijing); the local Node (the one node a wrapper serves) is relabelled.
         new_node = copy.deepcopy(sim.get(NODES, None, "bj-3"))

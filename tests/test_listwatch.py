@@ -28,20 +28,13 @@ from cache.listwatch import (
 )
 from kubeapi.resources import NODES, Resource
 from kubeapi.types import JSONDict
+from tests.support.fake_clock import FakeClock
 
 # Lists only, no jitter: the list-then-watch decisions (streaming lists and jitter: further down).
 SETTINGS = ReflectorSettings(page_size=2, backoff_initial=0.5, backoff_max=4.0, watch_timeout_min=300,
                              watch_timeout_max=600, streaming=False, relist_jitter=0.0)
 FIRST_LIST = ListPage({"resourceVersion": "0", "limit": "2"})  # the watch cache's; the server may page
 CONSISTENT = ListPage({"limit": "2"})  # from etcd, paged
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -192,7 +185,7 @@ def test_a_bookmark_advances_the_rv_that_the_next_watch_resumes_from() -> None:
                                                            "metadata": {"resourceVersion": "25"}}})
     assert r.sink.calls[-1] == ("bookmark", 25)
     assert r.machine.rv == 25 and r.machine.state.events == 0
-    r.clock.now += 2
+    r.clock.advance(2)
     r.machine.watch_ended()
     action = r.machine.next_action()
     assert isinstance(action, Watch) and action.params["resourceVersion"] == "25"
@@ -437,7 +430,7 @@ def test_back_off_doubles_with_full_jitter_up_to_the_cap_and_resets_after_a_heal
     assert sleeps == [0.375, 0.75, 1.5, 3.0, 3.0, 3.0]
     # A watch that lasted, or delivered anything, resets it.
     r.machine.watch_opened()
-    r.clock.now += VERY_SHORT_WATCH + 0.5
+    r.clock.advance(VERY_SHORT_WATCH + 0.5)
     r.machine.watch_ended()
     assert isinstance(r.machine.next_action(), Watch), "a normal end resumes at once"
     r.machine.failed(TransportError("refused"))
@@ -469,7 +462,7 @@ def test_a_normal_watch_end_resumes_at_once_from_the_last_rv() -> None:
 def test_a_very_short_empty_watch_backs_off_before_watching_again() -> None:
     r = rig()
     synced(r, 10)
-    r.clock.now += VERY_SHORT_WATCH / 2
+    r.clock.advance(VERY_SHORT_WATCH / 2)
     r.machine.watch_ended()
     assert isinstance(r.machine.next_action(), Sleep)
     action = r.machine.next_action()
@@ -525,7 +518,7 @@ def test_forget_rv_in_the_middle_of_a_paged_list_drops_its_pages() -> None:
 
 def test_the_state_tracks_connection_and_events_on_the_injected_clock() -> None:
     r = rig()
-    assert r.machine.state.disconnected_since == 1000.0 and not r.machine.state.connected
+    assert (r.machine.state.disconnected_since, r.machine.state.connected) == (1000.0, False)
     synced(r)
     r.clock.now = 1500.0
     r.machine.event({"type": "ADDED", "object": node("z", 11)})

@@ -13,8 +13,9 @@ from cache.apiclient import ApiClient
 from cache.cluster import ClusterCache
 from cache.reflector import ReflectorSettings
 from kubeapi.resources import ALL, ENDPOINTSLICES, NODES
-from tests.support.faultkit import demo_slice, get_text, list_items, node_names, wait_for
+from tests.support.faultkit import demo_slice, get_text, list_items, node_names
 from tests.support.stack import wait_ready
+from tests.support.waiting import eventually
 from wrapper.compose import start_wrapper, stop_wrapper
 from wrapper.local_node import LocalNodeMonitor
 from wrapper.serving import ServeSettings
@@ -47,7 +48,7 @@ async def test_a_hostname_matching_no_node_fails_readyz_sets_the_metric_and_warn
         _, metrics = await get_text(running.debug_url + "/metrics")
         assert f"{KNOWN} 0.0" in metrics.splitlines()
         # Logged at once, then again while it stays missing (here every 0.2 s).
-        await wait_for(lambda: len(missing_warnings(caplog, "bj-9")) >= 2, 10, "a repeated warning")
+        await eventually(lambda: len(missing_warnings(caplog, "bj-9")) >= 2, 10, "a repeated warning")
         # Meanwhile the opted-in demo Service has no endpoints for this node; others are unchanged.
         served = await list_items(running.url, ENDPOINTSLICES)
         assert node_names(demo_slice(served)) == set()
@@ -55,7 +56,7 @@ async def test_a_hostname_matching_no_node_fails_readyz_sets_the_metric_and_warn
         joined = copy.deepcopy(sim.get(NODES, None, "bj-3"))
         joined["metadata"] = {"name": "bj-9", "labels": {"location": "beijing", "kubernetes.io/hostname": "bj-9"}}
         sim.create(NODES, joined)
-        await wait_for(lambda: any("now among the cluster's Nodes" in r.getMessage() for r in caplog.records), 10,
+        await eventually(lambda: any("now among the cluster's Nodes" in r.getMessage() for r in caplog.records), 10,
                        "the node to be logged as found")
         code, body = await get_text(running.url + "/readyz")
         assert code == 200 and "[+]local-node ok" in body.splitlines(), body

@@ -32,9 +32,10 @@ from cache.cluster import ClusterCache
 from cache.publisher import Publisher
 from kubeapi.resources import ALL, BY_PLURAL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
 from kubeapi.validation import object_problem, valid_object
-from tests.support.faultkit import LOCAL_NODE, get_text, list_items, running_wrapper, wait_for
+from tests.support.faultkit import LOCAL_NODE, get_text, list_items, running_wrapper
 from tests.support.garbage_upstream import GarbageUpstream
 from tests.support.oracle import comparable, served_state
+from tests.support.waiting import eventually
 
 JSONDict = dict[str, Any]
 UPSTREAM = "https://apiserver.example:6443"
@@ -341,7 +342,8 @@ def mutations(draw: st.DrawFn, items: dict[str, list[Any]]) -> str:
     return f"{plural}[{index}] {'.'.join(map(str, path))}: {action}"
 
 
-snapshot_rvs = st.one_of(st.just(BASE_RV), st.sampled_from([0, -1, True, 1.5, "7", None, [], (1 << 64) - 1]))
+snapshot_rvs: st.SearchStrategy[object] = st.one_of(
+    st.just(BASE_RV), st.sampled_from([0, -1, True, 1.5, "7", None, [], (1 << 64) - 1]))
 
 
 @FUZZ
@@ -482,11 +484,11 @@ async def test_a_wrapper_started_on_a_malformed_snapshot_ignores_it_and_serves_t
         [record] = [r for r in caplog.records if "snapshot" in r.getMessage()]
         assert record.levelno == logging.WARNING and "ignored" in record.getMessage()
         assert reason in record.getMessage()
-        await wait_for(lambda: w.cache.ready, 15, "the first sync from the apiserver")
+        await eventually(lambda: w.cache.ready, 15, "the first sync from the apiserver")
         for r in ALL:
             assert comparable(await list_items(w.url, r)) == comparable(served_state(sim, r, LOCAL_NODE)), r
         # The next snapshot written is a sound one, and restores.
-        await wait_for(lambda: w.persister is not None and w.persister.writes > 0, 15, "a fresh snapshot")
+        await eventually(lambda: w.persister is not None and w.persister.writes > 0, 15, "a fresh snapshot")
     fresh = ClusterCache(LOCAL_NODE)
     assert snapshot.restore(fresh, tmp_path, snapshot.Identity(LOCAL_NODE, sim.url))
     assert "default/ghost" not in fresh.views["services"].objects
@@ -517,7 +519,7 @@ async def test_upstream_items_failing_the_shared_validator_are_skipped_and_a_bad
     await fake.start()
     try:
         async with running_wrapper(fake.url) as w:
-            await wait_for(lambda: fake.lists["nodes"] >= 2 and w.informers.reflectors["nodes"].state.connected,
+            await eventually(lambda: fake.lists["nodes"] >= 2 and w.informers.reflectors["nodes"].state.connected,
                            10, "the relist after the bad watch event")
             for r in ALL:
                 served = await list_items(w.url, r)
@@ -530,5 +532,6 @@ async def test_upstream_items_failing_the_shared_validator_are_skipped_and_a_bad
     finally:
         await fake.stop()
     skipped = [r.getMessage() for r in caplog.records if "skipping malformed list item" in r.getMessage()]
-    assert {m.split()[1].rstrip(":") for m in skipped} == {"nodes", "services", "endpointslices"}
+    # node-labels: the node topology feed's metadata-only watch of every Node (this fake has no buckets).
+    assert {m.split()[1].rstrip(":") for m in skipped} == {"nodes", "node-labels", "services", "endpointslices"}
     assert any("relisting" in r.getMessage() and "nodes" in r.getMessage() for r in caplog.records)

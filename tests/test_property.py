@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from apisim.seeds import node, service
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
-from tests.support.oracle import comparable, filtered_state
+from tests.support.oracle import comparable, filtered_state, holds
 from tests.support.reflector import ReflectorModel
 from tests.support.stack import stack
+from tests.support.waiting import one_loop_step
 
 LOCAL = "n0"
 NODE_NAMES = ("n0", "n1", "n2", "n3", "n4")
@@ -159,9 +160,9 @@ def apply(sim: Simulator, change: tuple[Any, ...]) -> None:
         if name not in exists:
             return
         slice_name = f"{name}-{j}"
-        current = {s["metadata"]["name"]: s for s in sim.list(ENDPOINTSLICES, "default")}
-        if slice_name in current:
-            obj = current[slice_name]
+        slices = {s["metadata"]["name"]: s for s in sim.list(ENDPOINTSLICES, "default")}
+        if slice_name in slices:
+            obj = slices[slice_name]
             obj.update(addressType=family, endpoints=eps)
             sim.update(ENDPOINTSLICES, obj)
         else:
@@ -196,15 +197,17 @@ async def scenario(nodes: dict[str, dict[str, str]], services: list[ServiceSpec]
         try:
             for name, m in models.items():
                 want = comparable(filtered_state(stk.sim, resources[name], LOCAL))
-                await m.wait_until(lambda store, want=want: comparable(store) == want)
+                await m.wait_until(holds(want))
             for i, change in enumerate(changes):
                 apply(stk.sim, change)
                 if i % 3 == 0:
-                    await asyncio.sleep(0)
+                    # Interleaves the changes with the wrapper's work in a way the seed decides,
+                    # instead of letting them all reach it in one batch (not a wait for anything).
+                    await one_loop_step()
             for name, m in models.items():
                 want = comparable(filtered_state(stk.sim, resources[name], LOCAL))
                 try:
-                    await m.wait_until(lambda store, want=want: comparable(store) == want, timeout=10)
+                    await m.wait_until(holds(want), timeout=10)
                 except AssertionError:
                     got = comparable(m.store)
                     diff = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))

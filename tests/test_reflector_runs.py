@@ -9,6 +9,7 @@ its clients must never need a relist, and must end with exactly filters(upstream
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -17,9 +18,10 @@ from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES
 from tests.support.churn import Churn
-from tests.support.oracle import PROXY_LABELS, PROXY_SERVICE_FIELDS, comparable, kube_proxy_truth
+from tests.support.oracle import PROXY_LABELS, PROXY_SERVICE_FIELDS, comparable, holds, kube_proxy_truth
 from tests.support.reflector import ReflectorModel, _Relist, running_clients
-from tests.support.stack import Stack, stack
+from tests.support.stack import Stack, stack, wait_applied
+from tests.support.waiting import eventually, one_loop_step
 from wrapper.compose import Running
 
 LOCAL = "bj-1"
@@ -41,12 +43,12 @@ def clients(url: str, *, streaming: bool, timeout_seconds: tuple[int, int]) -> d
     }
 
 
-async def converge(models: dict[str, ReflectorModel], sim: Simulator, timeout: float = 20) -> None:
+async def converge(models: Mapping[str, ReflectorModel], sim: Simulator, timeout: float = 20) -> None:
     """Wait until every client holds exactly the filtered upstream state."""
     truth = kube_proxy_truth(sim, LOCAL)
     for name, m in models.items():
         try:
-            await m.wait_until(lambda store, want=truth[name]: comparable(store) == want, timeout)
+            await m.wait_until(holds(truth[name]), timeout)
         except AssertionError:
             got = comparable(m.store)
             diff = {k for k in got.keys() | truth[name].keys() if got.get(k) != truth[name].get(k)}
@@ -54,26 +56,33 @@ async def converge(models: dict[str, ReflectorModel], sim: Simulator, timeout: f
                                  f"{[(k, got.get(k), truth[name].get(k)) for k in sorted(diff)[:2]]}") from None
 
 
-async def force_upstream_expiry(sim: Simulator, churn: Churn, changes: int) -> None:
+async def force_upstream_expiry(st: Stack, churn: Churn, changes: int) -> None:
     """Changes the wrapper's upstream watches cannot see, then history compaction and dropped watches:
-    the wrapper's resume gets 410 from the simulator and it must relist."""
-    sim.pause_watches()
+    the wrapper's resume gets 410 from the simulator and it must relist (while the script goes on:
+    its next ``wait_applied`` can only pass once the relist is done)."""
+    st.sim.pause_watches()
     for _ in range(changes):
         churn.step()
-    sim.compact()
-    sim.close_watches()
-    sim.resume_watches()
-    await asyncio.sleep(0)
+    st.sim.compact()
+    st.sim.close_watches()
+    st.sim.resume_watches()
+    await one_loop_step()  # the closed watches' handlers end before the script goes on
 
 
-async def scripted_run(st: Stack, models: dict[str, ReflectorModel], seed: int, pace: float) -> Churn:
+async def scripted_run(st: Stack, models: dict[str, ReflectorModel], seed: int,
+                       after_phase: Callable[[], Awaitable[None]] | None = None) -> Churn:
+    """CHANGES seeded changes in FORCED_EXPIRIES phases, each with a forced upstream expiry in its
+    middle; the wrapper applies each ten changes before the next (it sees them as they come)."""
     churn = Churn(st.sim, seed, LOCAL)
     every = CHANGES // FORCED_EXPIRIES
     for i in range(CHANGES):
         if i % every == every // 2:
-            await force_upstream_expiry(st.sim, churn, 5)
+            await force_upstream_expiry(st, churn, 5)
         churn.step()
-        await asyncio.sleep(pace if i % 10 == 0 else 0)
+        if i % 10 == 9:
+            await wait_applied(st.wrapper, st.sim)
+        if after_phase is not None and i % every == every - 1:
+            await after_phase()
     await converge(models, st.sim)
     return churn
 
@@ -88,7 +97,7 @@ async def test_hundreds_of_changes_and_forced_upstream_expiries_converge_without
 ) -> None:
     async with stack(servicegrid_demo(), node=LOCAL) as st, \
             running_clients(clients(st.wrapper.url, streaming=streaming, timeout_seconds=(300, 600))) as models:
-        await scripted_run(st, models, seed=1 if streaming else 2, pace=0.005)
+        await scripted_run(st, models, seed=1 if streaming else 2)
         # The expiries really happened upstream: the wrapper relisted from the simulator ...
         assert upstream_relists(st.wrapper) >= FORCED_EXPIRIES
         # ... and absorbed them: no client relisted, none saw a protocol violation.
@@ -103,12 +112,25 @@ async def test_hundreds_of_changes_and_forced_upstream_expiries_converge_without
 async def test_short_wrapper_side_watch_timeouts_resume_from_the_last_rv_without_relists(streaming: bool) -> None:
     async with stack(servicegrid_demo(), node=LOCAL) as st, \
             running_clients(clients(st.wrapper.url, streaming=streaming, timeout_seconds=(1, 2))) as models:
-        await scripted_run(st, models, seed=3 if streaming else 4, pace=0.1)
+        watches = {name: m.watches for name, m in models.items()}
+        phases = 0
+
+        async def every_client_rewatched() -> None:
+            """Let every other phase end only once the wrapper has ended each client's watch (since
+            the last such end) and the client re-watched: changes land on both sides of each end."""
+            nonlocal phases
+            phases += 1
+            if phases % 2:
+                await eventually(lambda: all(m.watches > watches[name] for name, m in models.items()), 20,
+                                 "the wrapper to end every client's 1-2 s watch, and the client to re-watch")
+                watches.update({name: m.watches for name, m in models.items()})
+
+        await scripted_run(st, models, seed=3 if streaming else 4, after_phase=every_client_rewatched)
         for name, m in models.items():
             assert m.violations == [], (name, m.violations)
             assert m.relists == 0, (name, m.relist_reasons)
-            # The wrapper ended the 1-2 s watches several times; each time the client re-watched.
-            assert m.watches >= 3, (name, m.watches)
+            # The wrapper ended the 1-2 s watches in every other phase; each time the client re-watched.
+            assert m.watches >= 1 + FORCED_EXPIRIES // 2, (name, m.watches)
         assert upstream_relists(st.wrapper) >= FORCED_EXPIRIES
 
 
@@ -134,7 +156,7 @@ class ResumingReflector(ReflectorModel):
                 self.relist_reasons.append(str(exc))
                 need_list, drop_rv = True, exc.drop_rv
                 self.relists += 1
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # the client's back-off before it relists (modelled, not a wait)
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["list-watch", "streaming-list"])
@@ -150,9 +172,10 @@ async def test_a_deliberately_too_old_rv_is_the_only_relist(streaming: bool) -> 
         models = {"endpointslices": m}
         m.start()
         try:
-            for _ in range(100):
+            for i in range(100):
                 churn.step()
-                await asyncio.sleep(0.01)
+                if i % 10 == 9:
+                    await wait_applied(st.wrapper, st.sim)  # the client's watch sees the changes as they come
             await converge(models, st.sim)
             assert m.relists == 1, m.relist_reasons
             assert m.relist_reasons[0].startswith("watch ERROR 410"), m.relist_reasons

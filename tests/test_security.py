@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,9 @@ import trustme
 from apisim.server import Simulator
 from cache.apiclient import ApiClient
 from kubeapi.resources import ENDPOINTSLICES, SERVICES
-from tests.conftest import LOCAL_NODE, fast_settings, wait_ready
+from tests.conftest import LOCAL_NODE, fast_settings
+from tests.support.fake_clock import FakeClock
+from tests.support.stack import wait_ready
 from wrapper.authz import ClientAuthorizer
 from wrapper.compose import Running, StartupError, start_wrapper, stop_wrapper, tls_context
 from wrapper.lending import may_lend_identity
@@ -181,13 +182,19 @@ async def test_pass_through_with_the_clients_own_credentials_goes_upstream(wrapp
 
 
 @pytest.fixture
-async def authz_wrapper(sim: Simulator) -> AsyncIterator[tuple[Running, ClientAuthorizer]]:
+def authz_clock() -> FakeClock:
+    """The authorizer's clock: its decisions age only when a test advances it."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def authz_wrapper(sim: Simulator, authz_clock: FakeClock) -> AsyncIterator[tuple[Running, ClientAuthorizer]]:
     sim.reviews.add_user("proxy-token", "system:kube-proxy")
     sim.reviews.allow("system:kube-proxy", "list", "endpointslices")
     sim.reviews.allow("system:kube-proxy", "watch", "endpointslices")
     sim.reviews.add_user("nobody-token", "nobody")
     client = ApiClient(sim.url)
-    authorizer = ClientAuthorizer(client, allowed_ttl=0.2, denied_ttl=0.2)
+    authorizer = ClientAuthorizer(client, allowed_ttl=60.0, denied_ttl=10.0, clock=authz_clock)
     serve, reflect = fast_settings()
     running = await start_wrapper(client, LOCAL_NODE, ("127.0.0.1", 0), serve=serve, reflect=reflect,
                                   authorizer=authorizer)
@@ -239,14 +246,16 @@ async def test_authorize_clients_rejects_missing_invalid_or_unauthorized_tokens(
 
 
 async def test_authorize_clients_keeps_using_cached_decisions_while_offline(
-    authz_wrapper: tuple[Running, ClientAuthorizer], sim: Simulator
+    authz_wrapper: tuple[Running, ClientAuthorizer], authz_clock: FakeClock, sim: Simulator
 ) -> None:
-    running, _ = authz_wrapper
+    running, authorizer = authz_wrapper
     url = f"{running.url}{ENDPOINTSLICES.collection_path()}"
     assert (await _status(url, "proxy-token"))[0] == 200
     await sim.stop()
-    await asyncio.sleep(0.3)  # past the cache TTL: a fresh review would be needed, and fails
+    authz_clock.advance(61)  # past the cache TTL: a fresh review would be needed, and fails
+    reviews = authorizer.reviews
     assert (await _status(url, "proxy-token"))[0] == 200
+    assert authorizer.reviews == reviews + 1, "the stale decision was reviewed again, and served when that failed"
     # A client never seen before cannot be decided offline.
     assert (await _status(url, "nobody-token"))[0] == 503
 

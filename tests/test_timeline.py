@@ -8,7 +8,6 @@ watches with 410 and refuse to resume any client from an RV it cannot vouch for.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,20 +21,12 @@ from apisim.server import Simulator
 from cache.cluster import ClusterCache
 from kubeapi.resources import ALL, ENDPOINTSLICES, NODES, SERVICES
 from tests.support.churn import Churn
-from tests.support.faultkit import (
-    demo_slice,
-    get_json,
-    get_text,
-    list_items,
-    node_names,
-    open_watch,
-    running_wrapper,
-    wait_for,
-)
+from tests.support.faultkit import demo_slice, get_json, get_text, list_items, node_names, open_watch, running_wrapper
 from tests.support.garbage_upstream import GarbageUpstream
 from tests.support.oracle import comparable, served_state
 from tests.support.reflector import ReflectorModel, running_clients
-from tests.support.stack import running_simulator, stack, wait_caught_up
+from tests.support.stack import running_simulator, stack, wait_applied, wait_caught_up
+from tests.support.waiting import eventually
 from tests.test_reflector_runs import LOCAL, clients, converge
 from wrapper.app import build_app
 from wrapper.compose import Running, ready_checks
@@ -85,14 +76,14 @@ async def test_after_the_apiserver_restarts_from_an_older_state_the_wrapper_and_
         sim.restart_from(backup)
         assert sim.rv < old_rv
         below(sim, churn, old_rv, 5)  # the new timeline, still below the old RVs
-        await wait_for(lambda: w.cache.timeline_resets >= 1 and w.cache.ready, 20,
+        await eventually(lambda: w.cache.timeline_resets >= 1 and w.cache.ready, 20,
                        "the wrapper to relist everything on the new timeline")
         # Past the old RV in one go, touching no Node: the Nodes view never takes the old RV.
         while sim.rv <= old_rv + 3:
             churn.add_service()
         for _ in range(30):
             churn.step()
-            await asyncio.sleep(0.005)  # pace: the wrapper sees the changes as they come
+            await wait_applied(w, sim)  # the wrapper sees the changes as they come
         await wait_caught_up(w, sim, 20)
 
         await assert_serves_the_simulators_state(w, sim)
@@ -111,7 +102,7 @@ async def test_after_the_apiserver_restarts_from_an_older_state_the_wrapper_and_
         # A client resuming from an RV of the old timeline gets 410, never silence or a replay.
         stale = await open_watch(w.url, NODES, resourceVersion=str(nodes_rv_before), timeoutSeconds="5")
         try:
-            await wait_for(lambda: stale.ended, 10, "the stale watch to end")
+            await eventually(lambda: stale.ended, 10, "the stale watch to end")
             assert [(e["type"], e["object"]["code"]) for e in stale.events] == [("ERROR", 410)], stale.events
         finally:
             await stale.stop()
@@ -122,7 +113,7 @@ async def test_after_the_apiserver_restarts_from_an_older_state_the_wrapper_and_
         # An RV the wrapper did serve on the new timeline resumes normally.
         fresh = await open_watch(w.url, NODES, resourceVersion=str(w.cache.views["nodes"].rv), timeoutSeconds="1")
         try:
-            await wait_for(lambda: fresh.ended, 10, "the fresh watch to time out")
+            await eventually(lambda: fresh.ended, 10, "the fresh watch to time out")
             assert not fresh.of_type("ERROR"), fresh.events
         finally:
             await fresh.stop()
@@ -139,13 +130,13 @@ async def test_open_client_watches_end_with_410_when_the_wrapper_switches_timeli
         try:
             sim.restart_from(backup)
             for name, watch in watches.items():
-                await wait_for(lambda x=watch: x.ended, 20, f"the {name} watch to end")  # type: ignore[misc]
+                await eventually(lambda x=watch: x.ended, 20, f"the {name} watch to end")  # type: ignore[misc]
                 errors = watch.of_type("ERROR")
                 assert [(e["object"]["code"], e["object"]["reason"]) for e in errors] == [(410, "Expired")], name
         finally:
             for watch in watches.values():
                 await watch.stop()
-        await wait_for(lambda: w.cache.ready, 10, "the resync")
+        await eventually(lambda: w.cache.ready, 10, "the resync")
         assert "round" not in (await list_items(w.url, NODES))[LOCAL]["metadata"]["labels"]
 
 
@@ -217,8 +208,8 @@ async def test_every_answer_that_rejects_the_watch_rv_makes_the_reflector_list_a
         async with running_wrapper(fake.url) as w:
             state = w.informers.reflectors["nodes"].state
             # The fake answering a second list is not the reflector having applied it: wait on the relist.
-            await wait_for(lambda: fake.lists["nodes"] >= 2 and state.relists >= 1, 10, "a fresh list of nodes")
-            await wait_for(lambda: w.informers.connected, 10, "the watch again")
+            await eventually(lambda: fake.lists["nodes"] >= 2 and state.relists >= 1, 10, "a fresh list of nodes")
+            await eventually(lambda: w.informers.connected, 10, "the watch again")
             assert state.relists == 1
             # Same upstream timeline: no reset, and clients keep being served.
             assert w.cache.timeline_resets == 0 and w.cache.ready
@@ -253,7 +244,7 @@ async def test_a_snapshot_ahead_of_the_apiserver_is_replaced_by_its_state_and_cl
             async with running_clients({"slices": client}):
                 assert node_names(demo_slice(client.store)) == {"bj-1", "bj-3", "gz-2"}
                 await sim.start("127.0.0.1", port)
-                await wait_for(lambda: second.cache.timeline_resets == 1 and second.cache.ready, 20,
+                await eventually(lambda: second.cache.timeline_resets == 1 and second.cache.ready, 20,
                                "the wrapper to drop its snapshot's timeline")
                 await client.wait_until(
                     lambda s: node_names(demo_slice(s)) == {"bj-1"} and any("plain" in k for k in s), 20)

@@ -9,6 +9,8 @@ import pytest
 
 from cache.view import BURST_EVENTS, Expired, HistoryBudget, View
 from kubeapi.resources import ENDPOINTSLICES, SERVICES
+from tests.support.fake_clock import FakeClock
+from tests.support.waiting import one_loop_step
 
 
 def svc(name: str, rv: int, **labels: str) -> dict[str, object]:
@@ -217,7 +219,8 @@ async def test_wait_returns_when_an_event_arrives() -> None:
     v.reset([], 1)
     cursor = v.head()
     waiter = asyncio.create_task(v.wait(cursor, 5))
-    await asyncio.sleep(0.01)
+    await one_loop_step()  # the waiter is waiting
+    assert not waiter.done()
     v.publish([("ADDED", svc("a", 2))], 2)
     await asyncio.wait_for(waiter, 1)
     assert len(v.read(cursor)) == 1
@@ -231,53 +234,66 @@ async def test_wait_for_rv_times_out_when_the_view_stays_behind() -> None:
     assert await v.wait_for_rv(5, 0.05)
 
 
-async def seconds_until_woken(v: View, rv: int) -> float:
-    """Publish one event at ``rv`` and time how long a waiting watcher takes to wake."""
-    loop = asyncio.get_running_loop()
-    waiter = asyncio.create_task(v.wait(v.head(), 5))
-    await asyncio.sleep(0)
-    start = loop.time()
-    v.publish([("ADDED", svc(f"woken-{rv}", rv))], rv)
-    await asyncio.wait_for(waiter, 2)
-    return loop.time() - start
+def view_on(clock: FakeClock, wake_interval: float) -> View:
+    """A view whose wake-ups run on ``clock``: time passes only when the test advances it."""
+    return View(SERVICES, wake_interval=wake_interval, timers=lambda: clock)
+
+
+async def start_waiting(v: View) -> asyncio.Task[None]:
+    """A watcher waiting (up to a minute of real time, never reached) for the view's next event."""
+    task = asyncio.create_task(v.wait(v.head(), 60))
+    await one_loop_step()
+    assert not task.done()
+    return task
+
+
+async def woken(task: asyncio.Task[None]) -> bool:
+    """Whether ``task`` was released: a released waiter finishes in the loop's next step."""
+    await one_loop_step()
+    return task.done()
 
 
 async def test_a_sparse_event_wakes_watchers_at_once() -> None:
-    v = View(SERVICES, wake_interval=0.5)
+    clock = FakeClock()
+    v = view_on(clock, 0.5)
     v.reset([], 1)  # a wake
-    await asyncio.sleep(0.6)  # longer ago than the interval
-    assert await seconds_until_woken(v, 2) < 0.25, "not held back for the interval"
+    clock.advance(0.6)  # longer ago than the interval
+    waiter = await start_waiting(v)
+    v.publish([("ADDED", svc("a", 2))], 2)
+    assert await woken(waiter), "not held back for the interval"
+    assert clock.pending == [], "no wake left to do later"
 
 
 async def test_events_faster_than_the_wake_interval_wake_watchers_once_for_all_of_them() -> None:
-    loop = asyncio.get_running_loop()
-    v = View(SERVICES, wake_interval=0.2)
+    clock = FakeClock()
+    v = view_on(clock, 0.2)
     v.reset([], 1)  # the first wake: watchers now wait up to 0.2 s for the next one
+    first_wake = clock.now
     cursor = v.head()
-    woke: list[float] = []
-
-    async def watcher() -> None:
-        await v.wait(cursor, 5)
-        woke.append(loop.time())
-
-    task = asyncio.create_task(watcher())
-    await asyncio.sleep(0)
-    start = loop.time()
+    waiter = await start_waiting(v)
     for rv in range(2, 12):
         v.publish([("ADDED", svc(f"s{rv}", rv))], rv)
-        await asyncio.sleep(0.005)
-    assert not woke, "still within the interval: no wake per event"
-    await asyncio.wait_for(task, 1)
-    assert 0.1 < woke[0] - start < 0.5
+        clock.advance(0.005)
+    assert not await woken(waiter), "still within the interval: no wake per event"
+    assert clock.pending == [pytest.approx(first_wake + 0.2)], "one wake, due an interval after the last"
+    clock.advance(first_wake + 0.2 - clock.now)
+    assert await woken(waiter)
     assert len(v.read(cursor)) == 10, "one wake delivers every event since"
 
 
 async def test_after_a_burst_watchers_are_woken_at_the_longer_burst_interval() -> None:
-    v = View(SERVICES, wake_interval=0.02)
+    clock = FakeClock()
+    v = view_on(clock, 0.02)
     v.burst_wake_interval = 0.4
     v.reset([], 1)
-    await asyncio.sleep(0.05)
+    clock.advance(0.05)
     for rv in range(2, 3 + BURST_EVENTS):  # one wake at once, then one for the burst after 20 ms
         v.publish([("ADDED", svc(f"s{rv}", rv))], rv)
-    await asyncio.sleep(0.1)
-    assert await seconds_until_woken(v, 100) > 0.2, "the wake after a burst waits for the burst interval"
+    clock.advance(0.1)  # the burst's wake ran (20 ms after the first) and carried BURST_EVENTS events
+    assert clock.pending == []
+    waiter = await start_waiting(v)
+    v.publish([("ADDED", svc("late", 100))], 100)
+    clock.advance(0.3)  # 0.38 s after the burst's wake: past the interval, not the burst interval
+    assert not await woken(waiter), "the wake after a burst waits for the burst interval"
+    clock.advance(0.05)
+    assert await woken(waiter)

@@ -23,7 +23,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import pytest
 
 from bench.procstat import memory_kb
 from kubeapi.resources import ENDPOINTSLICES
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 STALLED = 50
@@ -51,19 +52,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-async def wait_until(check: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @dataclass
@@ -194,7 +182,7 @@ async def test_fifty_watchers_that_never_read_stay_within_a_memory_bound_and_rea
                     return resp.status == 200
             return False
 
-        await wait_until(ready, 120, "the wrapper to sync with the benchmark cluster", step=0.1)
+        await eventually(ready, 120, "the wrapper to sync with the benchmark cluster", interval=0.1)
         synced_kb = rss_kb(pid)
 
         reader = Reader()
@@ -208,9 +196,10 @@ async def test_fifty_watchers_that_never_read_stay_within_a_memory_bound_and_rea
                 peak_connected_kb = max(peak_connected_kb, rss_kb(pid))
                 return await metric(http, procs.debug_url, "application_grid_wrapper_open_watches",
                                     'resource="endpointslices"') >= STALLED + 1
-            await wait_until(all_open, WRITE_TIMEOUT / 2, "all fifty-one watches to be open")
-            state = await wait_until(lambda: reader.added >= 4000 and reader.added, 30,
-                                     "the reading watcher to get the initial state")
+            # Bounded by the write timeout: past it the first stalled watchers are cut off.
+            await eventually(all_open, WRITE_TIMEOUT, "all fifty-one watches to be open", interval=0.05)
+            state = await eventually(lambda: reader.added >= 4000 and reader.added, 30,
+                                     "the reading watcher to get the initial state", interval=0.05)
             # Writes while the fifty are stalled: the reader must see every one of them.
             async with http.post(procs.ctl + "/ctl/drive", data=orjson.dumps({
                 "rate": 300, "duration": 30, "max_writes": WRITES, "mode": "patch", "pool": "plain",
@@ -225,7 +214,7 @@ async def test_fifty_watchers_that_never_read_stay_within_a_memory_bound_and_rea
                 peak_connected_kb = max(peak_connected_kb, rss_kb(pid))
                 return want <= reader.tags
 
-            await wait_until(all_seen, 30, "the reading watcher to see every write")
+            await eventually(all_seen, 30, "the reading watcher to see every write", interval=0.05)
             still_open = await metric(http, procs.debug_url, "application_grid_wrapper_open_watches",
                                       'resource="endpointslices"')
             cut_so_far = await metric(http, procs.debug_url,
@@ -238,7 +227,7 @@ async def test_fifty_watchers_that_never_read_stay_within_a_memory_bound_and_rea
                 return await metric(http, procs.debug_url, "application_grid_wrapper_watch_clients_cut_off_total",
                                     'reason="write_timeout"') >= STALLED
 
-            await wait_until(all_cut_off, WRITE_TIMEOUT * 3, "the stalled watchers to be cut off")
+            await eventually(all_cut_off, WRITE_TIMEOUT * 3, "the stalled watchers to be cut off", interval=0.05)
             assert await metric(http, procs.debug_url, "application_grid_wrapper_open_watches",
                                 'resource="endpointslices"') == 1, "only the reader is left"
             assert not reader_task.done() and not reader.errors, "the reader was never cut off"

@@ -9,6 +9,7 @@ client cut mid-batch resumes from its last RV and gets the rest.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ from apisim.seeds import Backend, SeedList, endpoint_slice, endpoints, node, ser
 from apisim.server import Simulator
 from cache.cluster import ClusterCache
 from kubeapi.resources import ALL, ENDPOINTS, ENDPOINTSLICES, NODES, SERVICES, Resource
-from tests.support.faultkit import get_json, list_items, open_watch, wait_for
+from tests.support.faultkit import RawWatch, get_json, list_items, open_watch
 from tests.support.kubectl import find_kubectls
 from tests.support.kubectl_watch import KubectlWatch
 from tests.support.oracle import key_of
 from tests.support.stack import stack, wait_caught_up
+from tests.support.waiting import eventually
 from wrapper.compose import Running
 
 LOCAL = "bj-1"
@@ -45,6 +47,10 @@ def grid_seed(services: int = 3) -> SeedList:
 async def marker_slice(sim: Simulator, name: str) -> None:
     svc = sim.get(SERVICES, "default", "grid-0")
     sim.create(ENDPOINTSLICES, endpoint_slice(svc, [Backend("10.9.9.9", "bj-1")], 8080, name=name))
+
+
+def saw_object(watch: RawWatch, name: str) -> bool:
+    return any(e["object"]["metadata"]["name"] == name for e in watch.events)
 
 
 def item(obj: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +81,7 @@ async def test_a_watch_from_the_rv_a_list_returned_after_a_relabel_gets_no_repla
             await marker_slice(sim, "marker")
             sim.patch_labels(SERVICES, "default", "grid-1", {"marker": "yes"})
             if resource is ENDPOINTSLICES:
-                await wait_for(lambda: any(e["object"]["metadata"]["name"] == "marker" for e in watch.events), 10,
+                await eventually(lambda: any(e["object"]["metadata"]["name"] == "marker" for e in watch.events), 10,
                                "the marker slice")
                 assert [(e["type"], e["object"]["metadata"]["name"]) for e in watch.events] == [("ADDED", "marker")]
             else:
@@ -83,7 +89,7 @@ async def test_a_watch_from_the_rv_a_list_returned_after_a_relabel_gets_no_repla
                 ep = copy.deepcopy(sim.get(ENDPOINTS, "default", "grid-2"))
                 ep["metadata"]["labels"] = {"marker": "yes"}
                 sim.update(ENDPOINTS, ep)
-                await wait_for(lambda: bool(watch.events), 10, "the marker Endpoints change")
+                await eventually(lambda: bool(watch.events), 10, "the marker Endpoints change")
                 assert [(e["type"], e["object"]["metadata"]["name"]) for e in watch.events] == [
                     ("MODIFIED", "grid-2")]
             assert all(r > list_rv for r in rvs(watch.events))
@@ -121,7 +127,7 @@ async def test_a_watcher_cut_mid_batch_resumes_from_its_last_rv_and_converges() 
         whole = await open_watch(w.url, ENDPOINTSLICES, resourceVersion=str(list_rv))
         try:
             sim.patch_labels(NODES, None, "gz-2", {"location": "beijing"})  # re-filters all four slices
-            await wait_for(lambda: len(whole.events) == 4, 10, "the re-filter batch")
+            await eventually(lambda: len(whole.events) == 4, 10, "the re-filter batch")
             batch = whole.events
         finally:
             await whole.stop()
@@ -136,8 +142,7 @@ async def test_a_watcher_cut_mid_batch_resumes_from_its_last_rv_and_converges() 
             rest = await open_watch(w.url, ENDPOINTSLICES, resourceVersion=str(resume_rv))
             try:
                 await marker_slice(sim, f"marker-{cut}")
-                await wait_for(lambda r=rest, c=cut: any(  # type: ignore[misc]
-                    e["object"]["metadata"]["name"] == f"marker-{c}" for e in r.events), 10, "the marker")
+                await eventually(functools.partial(saw_object, rest, f"marker-{cut}"), 10, "the marker")
                 assert all(r >= resume_rv for r in rvs(rest.events))
                 assert rvs(rest.events) == sorted(rvs(rest.events)), "RVs went backwards on the stream"
                 for ev in rest.events:

@@ -19,6 +19,7 @@ from cache.cluster import ClusterCache
 from cache.informers import Informers, UpstreamOptions
 from cache.reflector import ReflectorSettings
 from cache.snapshot import Identity, Persister, restore
+from filters.pipeline import Pipeline
 from kubeapi.resources import ENDPOINTS
 from wrapper.app import ReadyCheck, build_app
 from wrapper.authz import ClientAuthorizer
@@ -96,6 +97,7 @@ async def start_wrapper(
     local_node_warn_every: float = DEFAULT_REPEAT,
     limits: ConnectionLimits | None = None,
     gc_tuning: GcTuning = "auto",
+    pipeline: Pipeline | None = None,
     upstream: UpstreamOptions | None = None,
 ) -> Running:
     """Start the informers, the HTTP front and the debug listener; used by the CLI, the demo and tests.
@@ -107,10 +109,11 @@ async def start_wrapper(
     ``local_node_warn_every``: how often a missing local Node is logged again.
     ``gc_tuning``: ``--gc-tuning``; the heap regime of wrapper/heap.py, shared by every wrapper of
     the process, so the tests and the demo run what production runs.
+    ``pipeline``: the filters (``--filters``); None runs those on by default, counted for this wrapper.
     ``upstream``: what is watched upstream (node topology source, the Endpoints informer).
     """
     upstream = upstream or UpstreamOptions()
-    cache = ClusterCache(hostname)
+    cache = ClusterCache(hostname, pipeline=pipeline if pipeline is not None else Pipeline())
     informers = Informers(client, cache, reflect, options=upstream)
     persister = None
     if cache_dir is not None:

@@ -11,6 +11,7 @@ import io
 import time
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -33,23 +34,60 @@ if TYPE_CHECKING:
 MAX_PROFILE_SECONDS = 300
 PROFILE_FORMATS = ("html", "speedscope", "collapsed")
 
-_INDEX = """<!doctype html>
-<html><head><title>application-grid-wrapper debug</title></head><body>
-<h1>application-grid-wrapper: /debug/pprof/</h1>
-<ul>
-<li><a href="/debug/pprof/profile?seconds=30">profile</a>: CPU profile of the whole process
- (<code>?seconds=N</code>, 1&ndash;300, default 30; <code>?format=html|speedscope|collapsed</code>)</li>
-<li><a href="/debug/pprof/heap">heap</a>: top allocations (tracemalloc; starts tracing on first use,
- <code>?stop=1</code> stops it)</li>
-<li><a href="/debug/pprof/tasks">tasks</a>: every asyncio task with its stack</li>
-<li><a href="/debug/cache">cache</a>: objects, resourceVersion, sync state, history, watchers per resource</li>
-<li><a href="/debug/topology">topology</a>: the local node, and for each opted-in Service the keys, the key
- that won and every endpoint kept or dropped with the reason (<code>?service=ns/name</code>)</li>
-<li><a href="/metrics">metrics</a>: Prometheus metrics</li>
-</ul>
-<p>Local node: {node}</p>
-</body></html>
-"""
+@dataclass(frozen=True)
+class Page:
+    """One page of the debug listener, as its index lists it."""
+
+    path: str
+    link: str  # the path with example query parameters
+    what: str  # HTML: one sentence
+    profiling: bool = False  # served only with --profiling
+
+
+PAGES: tuple[Page, ...] = (
+    Page("/debug/topology", "/debug/topology", "the local node, the filters running, and for each Service a filter "
+         "is involved in, each filter's decision and its reason, down to every endpoint kept or dropped "
+         "(<code>?service=ns/name</code>)"),
+    Page("/debug/cache", "/debug/cache", "objects, resourceVersion, sync state, history, upstream state and open "
+         "watches per resource"),
+    Page("/metrics", "/metrics", "Prometheus metrics"),
+    Page("/debug/pprof/", "/debug/pprof/", "this index, under its pprof name", profiling=True),
+    Page("/debug/pprof/profile", "/debug/pprof/profile?seconds=30", "CPU profile of the whole process "
+         "(<code>?seconds=N</code>, 1&ndash;300, default 30; <code>?format=html|speedscope|collapsed</code>)",
+         profiling=True),
+    Page("/debug/pprof/heap", "/debug/pprof/heap", "top allocations (tracemalloc; starts tracing on first use, "
+         "<code>?stop=1</code> stops it)", profiling=True),
+    Page("/debug/pprof/tasks", "/debug/pprof/tasks", "every asyncio task with its own coroutine stack",
+         profiling=True),
+)
+
+
+def index_html(node: str, profiling: bool) -> str:
+    items = "\n".join(f'<li><a href="{p.link}">{p.path}</a>: {p.what}</li>'
+                      for p in PAGES if profiling or not p.profiling)
+    return (f"<!doctype html>\n<html><head><title>application-grid-wrapper debug</title></head><body>\n"
+            f"<h1>application-grid-wrapper debug pages</h1>\n<ul>\n{items}\n</ul>\n"
+            f"<p>Local node: {html.escape(node)}</p>\n</body></html>\n")
+
+
+def coroutine_stack(coro: object, limit: int = 50) -> list[str]:
+    """The frames a task is suspended in, outermost first: the task's coroutine and every coroutine,
+    generator or async generator it awaits (``Task.print_stack`` shows only the outermost one, which
+    for a request handler is aiohttp's, not ours)."""
+    lines: list[str] = []
+    seen: set[int] = set()
+    while coro is not None and id(coro) not in seen and len(lines) < limit:
+        seen.add(id(coro))
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    if coro is not None and id(coro) not in seen and len(lines) < limit:
+        lines.append(f"  awaiting {type(coro).__name__}")  # a future or another awaitable object
+    return lines
+
+
 
 
 def _json(doc: Any) -> web.Response:
@@ -99,6 +137,9 @@ class Debug:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_status_errors])
         r = app.router
+        r.add_get("/", self.index)
+        r.add_get("/debug", self.index)
+        r.add_get("/debug/", self.index)
         r.add_get("/metrics", self.metrics_page)
         r.add_get("/debug/cache", self.cache_page)
         r.add_get("/debug/topology", self.topology_page)
@@ -111,7 +152,7 @@ class Debug:
         return app
 
     async def index(self, _request: web.Request) -> web.Response:
-        return web.Response(text=_INDEX.format(node=html.escape(self.cache.local_node)), content_type="text/html")
+        return web.Response(text=index_html(self.cache.local_node, self.profiling), content_type="text/html")
 
     async def metrics_page(self, _request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
@@ -169,11 +210,10 @@ class Debug:
         tasks = sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
         out.write(f"{len(tasks)} asyncio tasks\n\n")
         for task in tasks:
-            out.write(f"task {task.get_name()} ({'done' if task.done() else 'running'}): {task.get_coro()!r}\n")
-            buf = io.StringIO()
-            task.print_stack(file=buf)
-            out.write(buf.getvalue())
-            out.write("\n")
+            coro = task.get_coro()
+            state = "done" if task.done() else "running" if task is asyncio.current_task() else "waiting"
+            out.write(f"task {task.get_name()} ({state}): {getattr(coro, '__qualname__', coro)!r}\n")
+            out.write("\n".join(coroutine_stack(coro)) + "\n\n")
         return web.Response(text=out.getvalue())
 
     async def cache_page(self, _request: web.Request) -> web.Response:
@@ -213,8 +253,8 @@ class Debug:
         report = self.cache.explain(service)
         if service is not None and not report["services"]:
             raise StatusError(status.failure(
-                404, f"service {service} has no topology annotation (or does not exist); its endpoints pass "
-                "unfiltered", "NotFound"))
+                404, f"service {service} carries no annotation of a running filter (or does not exist); it is "
+                "served unfiltered", "NotFound"))
         return _json(report)
 
 

@@ -15,7 +15,7 @@ from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
 from cache.apiclient import ApiClient
 from wrapper.compose import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
-from wrapper.options import check_exposure, connection_limits, is_loopback, serve_settings
+from wrapper.options import check_exposure, connection_limits, is_loopback, pipeline, serve_settings
 
 log = logging.getLogger("application-grid-wrapper")
 
@@ -70,7 +70,8 @@ async def demo_main(args: argparse.Namespace) -> None:
                                       serve=serve_settings(args),
                                       debug=args.debug_bind_address, profiling=args.profiling,
                                       authorizer=client_authorizer(client, args),
-                                      limits=connection_limits(args), gc_tuning=args.gc_tuning)
+                                      limits=connection_limits(args), gc_tuning=args.gc_tuning,
+                                      pipeline=pipeline(args))
     except BaseException:
         await client.close()
         await sim.stop()

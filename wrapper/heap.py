@@ -27,6 +27,7 @@ import gc
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 log = logging.getLogger("application_grid_wrapper.heap")
@@ -78,24 +79,26 @@ def maintenance(*, unfreeze: bool) -> tuple[int, float]:
 
 async def manage_heap(
     ready: asyncio.Event, *, young_interval: float = YOUNG_INTERVAL, trim_interval: float = 60.0,
-    full_interval: float = 3600.0,
+    full_interval: float = 3600.0, clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
     """The schedule, until cancelled: see the module's docstring. Wrappers run it through ``HEAP``;
-    the benchmark's own processes run it directly."""
+    the benchmark's own processes run it directly. ``clock`` (default: the loop's) and ``sleep``
+    are what the timed passes read and wait with: tests pass a fake clock's."""
     young_only()  # the first sync allocates the whole cache: keep automatic runs small meanwhile
     await ready.wait()
     collected, took = maintenance(unfreeze=False)
     log.debug("heap frozen after sync: %d objects collected in %.0f ms", collected, took * 1000)
-    loop = asyncio.get_running_loop()
-    next_trim = loop.time() + trim_interval
-    next_full = loop.time() + full_interval
+    now_of = clock if clock is not None else asyncio.get_running_loop().time
+    next_trim = now_of() + trim_interval
+    next_full = now_of() + full_interval
     gc.disable()
     try:
         while True:
-            await asyncio.sleep(young_interval)
+            await sleep(young_interval)
             gc.collect(0)
             gc.freeze()
-            now = loop.time()
+            now = now_of()
             if now >= next_full:
                 collected, took = maintenance(unfreeze=True)
                 log.debug("heap full pass: %d objects collected in %.0f ms", collected, took * 1000)

@@ -11,13 +11,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from cache.buildinfo import IMPLEMENTATION, PYTHON, VERSION
 from kubeapi.resources import match_path
 from wrapper.watch_registry import CUT_OFF_FELL_BEHIND, CUT_OFF_WRITE_TIMEOUT
 
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from wrapper.watch_registry import WatchRegistry
 
 NS = "application_grid_wrapper"
+
+# prometheus-client adds a ``*_created`` timestamp series to every counter and histogram: twice the
+# series for nothing a dashboard reads (Prometheus itself does not need them).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def request_labels(request: web.Request) -> tuple[str, str]:
@@ -81,6 +86,12 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(f"{NS}_refilter_runs", "Topology re-filter runs", value=cache.refilter_runs)
         yield CounterMetricFamily(f"{NS}_refilter_seconds", "Time spent re-filtering",
                                   value=cache.refilter_seconds)
+        decisions = CounterMetricFamily(
+            f"{NS}_filter_decisions", "Objects each filter served: unchanged, rewritten or hidden (a hidden object "
+            "reaches watchers as DELETED)", labels=["filter", "resource", "outcome"])
+        for (name, resource, outcome), count in sorted(cache.filter_decisions.items()):
+            decisions.add_metric([name, resource, outcome], count)
+        yield decisions
         kept, dropped = cache.filtered_endpoints()
         topo = GaugeMetricFamily(f"{NS}_topology_endpoints", "Endpoints of opted-in Services, kept or dropped",
                                  labels=["decision"])
@@ -124,6 +135,9 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(cache, informers, watches))
+        build = Gauge(f"{NS}_build_info", "Always 1; the labels say which build runs on which Python",
+                      ["version", "python_version", "python_implementation"], registry=self.registry)
+        build.labels(VERSION, PYTHON, IMPLEMENTATION).set(1)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)

@@ -11,7 +11,9 @@ import ipaddress
 import math
 import os
 from collections.abc import Callable
+from typing import Any
 
+from cache.buildinfo import IMPLEMENTATION, PYTHON, VERSION
 from cache.informers import (
     DEFAULT_ENDPOINTS_IDLE,
     DEFAULT_TOPOLOGY_NAMESPACE,
@@ -20,6 +22,8 @@ from cache.informers import (
     UpstreamOptions,
 )
 from cache.reflector import ReflectorSettings
+from filters.api import Filter
+from filters.pipeline import ALL_ON_BY_DEFAULT, Pipeline, describe, select
 from kubeapi.strconv import NumError, parse_decimal, parse_uint
 from wrapper.authz import DEFAULT_CACHE_SIZE, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS
 from wrapper.compose import StartupError
@@ -65,7 +69,18 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
+def filter_selection(value: str) -> tuple[Filter[Any], ...]:
+    """An argparse type: ``--filters``, read by filters/ (the wrapper knows no filter's name)."""
+    try:
+        return select(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--filters", type=filter_selection, default=select(ALL_ON_BY_DEFAULT), metavar="LIST",
+                   help="which filters run: '*' for every filter on by default, NAME to add one, -NAME to remove "
+                   f"one, as kube-controller-manager selects its controllers ({describe()}; default '*')")
     p.add_argument("--bind-address", type=parse_address, default=parse_address(DEFAULT_BIND),
                    help=f"address kube-proxy connects to (default {DEFAULT_BIND})")
     p.add_argument("--debug-bind-address", type=parse_address, default=parse_address(DEFAULT_DEBUG_BIND),
@@ -107,12 +122,20 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="the heap regime (timed young GC passes, frozen survivors, malloc_trim): auto runs it on "
                    f"CPython {MEASURED_ON[0]}.{MEASURED_ON[1]}, where it was measured, and leaves CPython's defaults "
                    "alone on other versions; on or off forces it (default auto)")
-    p.add_argument("--bookmark-interval", type=float, default=60.0, help=argparse.SUPPRESS)
+    p.add_argument("--bookmark-interval", type=positive(float), default=60.0, help=argparse.SUPPRESS)
 
 
 def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
     return ConnectionLimits(header_timeout=args.read_header_timeout, idle_timeout=args.idle_timeout,
                             max_connections=int(args.max_connections))
+
+
+def pipeline(args: argparse.Namespace) -> Pipeline:
+    return Pipeline(args.filters)
+
+
+def version_line() -> str:
+    return f"application-grid-wrapper {VERSION} ({IMPLEMENTATION} {PYTHON})"
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -164,20 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="application-grid-wrapper",
         description="Node-local topology proxy between kube-proxy and the apiserver. "
-        "Run 'application-grid-wrapper demo' for a self-contained demo.",
+        "Run 'application-grid-wrapper demo' for a self-contained demo, and 'application-grid-wrapper "
+        "publish-topology' (one per cluster) for the node topology publisher.",
     )
-    p.add_argument("--kubeconfig", help="kubeconfig for the real apiserver (default: in-cluster config)")
+    p.add_argument("--version", action="version", version=version_line(),
+                   help="print the version and the Python it runs on, then exit")
+    p.add_argument("--kubeconfig", help="kubeconfig for the real apiserver (default: $KUBECONFIG if set, else the "
+                   "in-cluster service account)")
     p.add_argument("--hostname", default=os.environ.get("NODE_NAME"),
                    help="name of the local node (default: $NODE_NAME)")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                    help=f"where the cache is persisted for restarts while offline (default {DEFAULT_CACHE_DIR}; "
                    "empty disables)")
-    p.add_argument("--snapshot-interval", type=float, default=10.0,
+    p.add_argument("--snapshot-interval", type=positive(float), default=10.0,
                    help="write the cache to --cache-dir at most this often, in seconds (default 10)")
     p.add_argument("--ready-while-offline", action=argparse.BooleanOptionalAction, default=True,
                    help="keep /readyz ready while the apiserver is unreachable, once synced (default on); "
                    "with --no-ready-while-offline it turns not ready after --offline-grace seconds")
-    p.add_argument("--offline-grace", type=float, default=30.0, help="see --ready-while-offline (default 30)")
+    p.add_argument("--offline-grace", type=positive(float), default=30.0, help="see --ready-while-offline (default 30)")
     _common(p)
     _upstream(p)
     return p

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import orjson
 from cache.apiclient import ApiClient
 from cache.reflector import Reflector, ReflectorSettings
 from kubeapi.resources import NODES, Resource
+from tests.support.stack import wait_ready
+from tests.support.waiting import eventually
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
@@ -31,32 +32,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``cond`` every 20 ms until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def run_until_synced(reflector: Reflector, timeout: float = 10.0) -> None:
     """Run ``reflector`` until its first list has reached its sink, then stop it."""
     task = asyncio.create_task(reflector.run())
     try:
-        await wait_for(lambda: reflector.state.synced_once, timeout, "the first list")
+        await eventually(lambda: reflector.state.synced_once, timeout, "the first list")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-async def wait_for_async(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
-    """Like ``wait_for`` with an async predicate, polled every 50 ms."""
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -76,7 +59,7 @@ async def running_wrapper(
                                       reflect=reflect, debug=("127.0.0.1", 0), **kwargs)
         try:
             if wait:
-                await wait_for(lambda: running.cache.ready, 10, "the wrapper to sync")
+                await wait_ready(running)
             yield running
         finally:
             await stop_wrapper(running)

@@ -108,7 +108,8 @@ class GarbageUpstream:
         script = self.scripts.pop(res.plural, [])
         for raw in script:
             await resp.write(raw)
-        # Then only bookmarks, bounded: at most a minute of them.
+        # Then only bookmarks, bounded: at most a minute of them (the pacing is this fake
+        # apiserver's behaviour, as the real one bookmarks periodically; nothing waits on it).
         for _ in range(int(60 / self.bookmark_every)):
             await asyncio.sleep(self.bookmark_every)
             bm = {"type": "BOOKMARK", "object": {"kind": res.kind, "apiVersion": res.api_version,

@@ -8,6 +8,7 @@ narrowed by the client's own selectors (kube-proxy's, for instance).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from apisim.server import Simulator
@@ -37,6 +38,11 @@ def strip_rv(obj: JSONDict) -> JSONDict:
 
 def comparable(store: dict[str, JSONDict]) -> dict[str, JSONDict]:
     return {k: strip_rv(v) for k, v in store.items()}
+
+
+def holds(want: dict[str, JSONDict]) -> Callable[[dict[str, JSONDict]], bool]:
+    """A client-store predicate (``ReflectorModel.wait_until``): it holds ``want``, resourceVersions aside."""
+    return lambda store: comparable(store) == want
 
 
 def _keys_by_service(sim: Simulator) -> dict[str, TopologyKeys]:

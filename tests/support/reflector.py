@@ -60,6 +60,8 @@ class ReflectorModel:
     streaming: bool = False
     timeout_seconds: tuple[int, int] = (300, 600)
     accept: str = "application/json"
+    # Sent with every request besides Accept (a User-Agent, an Authorization header).
+    headers: dict[str, str] = field(default_factory=dict)
 
     store: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_rv: str = ""
@@ -123,12 +125,12 @@ class ReflectorModel:
                 if self.streaming and exc.drop_rv:
                     self.last_rv = ""  # client-go's watch-list: the RV is "unavailable"
                 self.relists += 1
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff)  # client-go's back-off, modelled (not a wait for anything)
                 backoff = min(backoff * 2, 1.0)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Transport errors: re-watch from the last RV after a back-off, as client-go does.
                 self.relist_reasons.append(f"transport: {exc!r}")
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff)  # the modelled back-off
                 backoff = min(backoff * 2, 1.0)
 
     # ---- list ----------------------------------------------------------------------
@@ -144,7 +146,7 @@ class ReflectorModel:
     async def _get(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         assert self._session is not None
         url = f"{self.base_url}{self.path}?{urlencode(sorted(query.items()))}"
-        async with self._session.get(url, headers={"Accept": self.accept}) as resp:
+        async with self._session.get(url, headers={**self.headers, "Accept": self.accept}) as resp:
             body = await resp.read()
             ctype = resp.headers.get("Content-Type", "")
             if not ctype.startswith("application/json"):
@@ -201,7 +203,7 @@ class ReflectorModel:
         # A resumed watch carries only what came after its RV; a streaming list's initial
         # objects carry their own (older) RVs.
         self._stream_rv = int(self.last_rv) if self.last_rv and not initial else 0
-        async with self._session.get(url, headers={"Accept": self.accept}) as resp:
+        async with self._session.get(url, headers={**self.headers, "Accept": self.accept}) as resp:
             if resp.status != 200:
                 doc = orjson.loads(await resp.read())
                 if resp.status == 410 or resp.status == 504:
@@ -239,8 +241,10 @@ class ReflectorModel:
             raise _Relist("wrong kind")
         rv_raw = (obj.get("metadata") or {}).get("resourceVersion")
         try:
+            if not isinstance(rv_raw, str | int):
+                raise ValueError(rv_raw)
             rv = int(rv_raw)
-        except (TypeError, ValueError):
+        except ValueError:
             self.violations.append(f"{type_} without a resourceVersion")
             raise _Relist("event without resourceVersion") from None
         if rv < self._stream_rv:

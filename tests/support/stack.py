@@ -19,6 +19,7 @@ from apisim.server import Simulator
 from cache.apiclient import ApiClient
 from cache.reflector import ReflectorSettings
 from kubeapi.resources import ALL
+from tests.support.waiting import eventually
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
 
@@ -40,11 +41,8 @@ async def running_simulator(sim: Simulator) -> AsyncIterator[Simulator]:
 
 
 async def wait_ready(running: Running, timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if running.cache.ready:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("wrapper did not sync from the simulator")
+    """Wait until every cache of the wrapper has synced and the views serve it."""
+    await eventually(lambda: running.cache.ready, timeout, "the wrapper to sync from its upstream")
 
 
 @asynccontextmanager
@@ -85,6 +83,14 @@ async def wait_caught_up(running: Running, sim: Simulator, timeout: float = 10) 
         left = deadline - loop.time()
         if left <= 0 or not await view.wait_for_rv(target, left):
             raise AssertionError(f"wrapper view {r.plural} stuck at {view.rv}, simulator at {target}")
+
+
+async def wait_applied(running: Running, sim: Simulator, timeout: float = 10) -> None:
+    """Wait until the wrapper has applied the simulator's latest change, to whichever resource it
+    touched. A script that waits for this between changes has the wrapper see them as they come."""
+    target = sim.rv
+    await eventually(lambda: max(running.cache.upstream_rv(r) for r in ALL) >= target, timeout,
+                     f"the wrapper to apply the upstream change at RV {target}", interval=0.005)
 
 
 async def read_watch(session: aiohttp.ClientSession, url: str, params: dict[str, str],
