@@ -347,6 +347,8 @@ def test_daemonset_scheduling(ds: Doc, pod: Doc) -> None:
 def test_daemonset_node_name_from_downward_api(container: Doc) -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # --node-topology-namespace defaults to the wrapper's own namespace, from the downward API.
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert flag_values(container["args"]).get("--hostname", "$(NODE_NAME)") == "$(NODE_NAME)"
 
 
