@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -34,6 +35,18 @@ from kubeapi.types import JSONDict
 SeedItems = Iterable[tuple[Resource, JSONDict]]
 Seed = SeedItems | Callable[[], SeedItems]
 _EVENTS_KEPT = 1000
+_READS_KEPT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One read of a resource: who, of what, which verb, with which query parameters."""
+
+    user: str
+    plural: str
+    verb: str
+    params: dict[str, str]
+
 USER = web.RequestKey("apisim.user", UserInfo)
 
 
@@ -63,7 +76,8 @@ class Simulator:
 
     ``requests`` counts the reads of resources per (user name, plural, verb), the verb one of
     "list", "watch", "watchlist" (a streaming list) and "get", for tests and benchmarks that
-    count what clients cost the apiserver.
+    count what clients cost the apiserver; ``read_log`` keeps the latest of them (``Read``) with
+    their query parameters.
     """
 
     def __init__(self, seed: Seed | None = None, *, history_limit: int = 10_000, bookmark_interval: float = 60.0,
@@ -84,6 +98,7 @@ class Simulator:
         self.paginate_rv0 = paginate_rv0
         self.watch_list = watch_list
         self.requests: Counter[tuple[str, str, str]] = Counter()
+        self.read_log: deque[Read] = deque(maxlen=_READS_KEPT)
         self.host = "127.0.0.1"
         self.port = 0
         self.started_at = now_rfc3339()
@@ -264,7 +279,9 @@ class Simulator:
 
     def record_request(self, request: web.Request, plural: str, verb: str) -> None:
         user = request.get(USER)
-        self.requests[(user.name if user is not None else "", plural, verb)] += 1
+        name = user.name if user is not None else ""
+        self.requests[(name, plural, verb)] += 1
+        self.read_log.append(Read(name, plural, verb, dict(request.query)))
 
     def reads(self, plural: str, verb: str, user: str | None = None) -> int:
         """How many ``verb`` reads of ``plural`` (by ``user``, or by anyone) were received."""

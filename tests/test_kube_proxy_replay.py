@@ -105,3 +105,21 @@ async def test_kube_proxy_reflectors_follow_cluster_changes_without_relisting(
     for name, m in proxy.items():
         assert m.violations == [], name
         assert m.relists == 0, (name, m.relist_reasons)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["list-watch", "streaming-list"])
+async def test_kube_proxys_whole_request_set_is_served_from_the_cache_its_node_included(
+    wrapper: Running, sim: Simulator, streaming: bool
+) -> None:
+    # With the apiserver down nothing can be passed through: every answer is the cache's. The
+    # wrapper holds the local Node alone, which is all kube-proxy asks of Nodes.
+    await sim.stop()
+    async with aiohttp.ClientSession() as s, s.get(
+        f"{wrapper.url}/api/v1/nodes/bj-1", headers={"Accept": "application/vnd.kubernetes.protobuf, */*"}
+    ) as resp:
+        assert resp.status == 200
+    async with running_clients(kube_proxy_reflectors(wrapper.url, "bj-1", streaming=streaming)) as models:
+        assert set(models["nodes"].store) == {"bj-1"}
+        assert slice_nodes(models["endpointslices"].store, DEMO) == {"bj-1", "bj-3"}
+        for m in models.values():
+            assert m.violations == [] and m.relists == 0
