@@ -17,6 +17,7 @@ from apisim.registry import Registry, copy_json, now_rfc3339
 from apisim.resources import SERVED_BY_PLURAL, WITHOUT_STATUS
 from apisim.reviews import Reviews
 from apisim.store import Entry, Store, with_type
+from apisim.traffic import Cost
 from apisim.watch import TableMode, WatchControl, WatchRequest, error_line, run_watch
 from kubeapi import partial, status, tables
 from kubeapi.listoptions import parse_list_options
@@ -33,6 +34,25 @@ _HEALTH = ("/healthz", "/readyz", "/livez")
 
 def json_response(body: bytes, code: int = 200) -> web.Response:
     return web.Response(body=body, status=code, content_type=JSON)
+
+
+class MeteredStream(web.StreamResponse):
+    """A watch's response: what it writes is added to the client's ``Cost`` as it goes."""
+
+    def __init__(self, cost: Cost, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cost = cost
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.cost.add_watch_chunk(data if isinstance(data, bytes) else bytes(data))
+        await super().write(data)
+
+
+def _metered(resp: web.Response, cost: Cost, objects: int) -> web.Response:
+    body = resp.body
+    if isinstance(body, bytes):
+        cost.add_body(body, objects)
+    return resp
 
 
 def status_response(err: StatusError) -> web.Response:
@@ -70,7 +90,7 @@ class SimState(Protocol):
 
     async def wait_rv(self, rv: int) -> bool: ...
 
-    def record_request(self, request: web.Request, plural: str, verb: str) -> None: ...
+    def record_request(self, request: web.Request, plural: str, verb: str) -> Cost: ...
 
     def record_event(self, obj: JSONDict) -> None: ...
 
@@ -131,8 +151,8 @@ class Handlers:
             query = request.query
             if query.get("watch", "").lower() in ("1", "true", "t"):
                 return await self._list_or_watch(request, rp, target)
-            self.sim.record_request(request, res.plural, "get")
-            return self._object(request, res, reg.get(res, rp.namespace, rp.name), target)
+            cost = self.sim.record_request(request, res.plural, "get")
+            return _metered(self._object(request, res, reg.get(res, rp.namespace, rp.name), target), cost, 1)
         if method == "POST":
             if rp.name is not None or rp.subresource is not None or (res.namespaced and not rp.namespace):
                 raise status.method_not_allowed(method, res.plural)
@@ -190,7 +210,8 @@ class Handlers:
             include = tables.check_include_object(query.get("includeObject", ""))
             table = TableMode(target.api_version, include)
         streaming = bool(opts.watch and opts.send_initial_events)
-        self.sim.record_request(request, res.plural, "watchlist" if streaming else "watch" if opts.watch else "list")
+        cost = self.sim.record_request(request, res.plural,
+                                       "watchlist" if streaming else "watch" if opts.watch else "list")
         if streaming and self.sim.watch_list == "off":
             # Validation, as with the WatchList feature gate off (apimachinery ValidateListOptions).
             raise status.invalid("ListOptions", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for "
@@ -204,20 +225,21 @@ class Handlers:
             wreq = WatchRequest(res, flt, opts.resource_version, opts.send_initial_events, opts.allow_bookmarks,
                                 timeout, table, target.api_version if target.kind == PARTIAL else "")
             if streaming and self.sim.watch_list == "error":
-                return await self._failed_watch(request)
-            return await self._watch(request, wreq)
+                return await self._failed_watch(request, cost)
+            return await self._watch(request, wreq, cost)
         page = await self._list(res, flt, opts.resource_version, opts.resource_version_match, opts.limit, token)
         if table is not None:
             doc = tables.render_table(res, [e.obj for e in page.items], list_rv=str(page.rv),
                                       include_object=table.include_object, api_version=table.api_version)
             if page.continue_token:
                 doc["metadata"]["continue"] = page.continue_token
-            return json_response(orjson.dumps(doc))
+            return _metered(json_response(orjson.dumps(doc)), cost, len(page.items))
         if target.kind == PARTIAL:
             raise partial.list_is_not_an_object(res)
         if target.kind == PARTIAL_LIST:
-            return json_response(listing.partial_list_bytes(page, target.api_version))
-        return json_response(listing.list_bytes(res, page))
+            return _metered(json_response(listing.partial_list_bytes(page, target.api_version)), cost,
+                            len(page.items))
+        return _metered(json_response(listing.list_bytes(res, page)), cost, len(page.items))
 
     async def _list(self, res: Resource, flt: listing.Filter, rv: int | None, match: str, limit: int,
                     token: str) -> listing.Page:
@@ -246,9 +268,9 @@ class Handlers:
         keys = rs.sorted_keys() if state is rs.objects else sorted(state)
         return listing.paginate(state, keys, rv, flt, limit, start)
 
-    async def _watch(self, request: web.Request, wreq: WatchRequest) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, wreq: WatchRequest, cost: Cost) -> web.StreamResponse:
         sim = self.sim
-        resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
+        resp = MeteredStream(cost, status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
         await resp.prepare(request)  # sends the headers now: quiet watches must not look hung
         sim.watch_ctl.requests[id(request)] = request
         try:
@@ -259,11 +281,11 @@ class Handlers:
             sim.watch_ctl.requests.pop(id(request), None)
         return resp
 
-    async def _failed_watch(self, request: web.Request) -> web.StreamResponse:
+    async def _failed_watch(self, request: web.Request, cost: Cost) -> web.StreamResponse:
         """A watch accepted, then ended by an ERROR event: the apiserver's cacher answers a
         streaming list so when its etcd cannot do progress notifications (an error watcher,
         since "client-go is going to fall back to a standard LIST on any error")."""
-        resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
+        resp = MeteredStream(cost, status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache, private"})
         await resp.prepare(request)
         # The error watcher's Status for a plain error: the message as it is, 500 InternalError.
         err = StatusError(status.failure(500, "a watch stream was requested by the client but the required storage "

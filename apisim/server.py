@@ -27,6 +27,7 @@ from apisim.registry import Registry, now_rfc3339
 from apisim.resources import SERVED
 from apisim.reviews import Reviews
 from apisim.store import Entry, SavedState, Store, wait_for_change
+from apisim.traffic import Cost, Traffic
 from apisim.watch import WatchControl
 from kubeapi.resources import SERVICES, Resource
 from kubeapi.selectors import parse_field_selector, parse_label_selector
@@ -40,12 +41,13 @@ _READS_KEPT = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """One read of a resource: who, of what, which verb, with which query parameters."""
+    """One read of a resource: who (user and User-Agent), of what, which verb, with which query parameters."""
 
     user: str
     plural: str
     verb: str
     params: dict[str, str]
+    agent: str = ""
 
 USER = web.RequestKey("apisim.user", UserInfo)
 
@@ -77,7 +79,8 @@ class Simulator:
     ``requests`` counts the reads of resources per (user name, plural, verb), the verb one of
     "list", "watch", "watchlist" (a streaming list) and "get", for tests and benchmarks that
     count what clients cost the apiserver; ``read_log`` keeps the latest of them (``Read``) with
-    their query parameters.
+    their query parameters and User-Agent; ``traffic`` (``apisim.traffic.Traffic``) counts the
+    response bytes and objects of every read per user, User-Agent, resource and verb.
     """
 
     def __init__(self, seed: Seed | None = None, *, history_limit: int = 10_000, bookmark_interval: float = 60.0,
@@ -99,6 +102,7 @@ class Simulator:
         self.watch_list = watch_list
         self.requests: Counter[tuple[str, str, str]] = Counter()
         self.read_log: deque[Read] = deque(maxlen=_READS_KEPT)
+        self.traffic = Traffic()
         self.host = "127.0.0.1"
         self.port = 0
         self.started_at = now_rfc3339()
@@ -277,11 +281,14 @@ class Simulator:
             await wait_for_change(self.store.changed, remaining)
         return True
 
-    def record_request(self, request: web.Request, plural: str, verb: str) -> None:
+    def record_request(self, request: web.Request, plural: str, verb: str) -> Cost:
+        """Count one read; the handler adds the bytes and objects it answers to the returned cost."""
         user = request.get(USER)
         name = user.name if user is not None else ""
+        agent = request.headers.get("User-Agent", "")
         self.requests[(name, plural, verb)] += 1
-        self.read_log.append(Read(name, plural, verb, dict(request.query)))
+        self.read_log.append(Read(name, plural, verb, dict(request.query), agent))
+        return self.traffic.request(name, agent, plural, verb)
 
     def reads(self, plural: str, verb: str, user: str | None = None) -> int:
         """How many ``verb`` reads of ``plural`` (by ``user``, or by anyone) were received."""
