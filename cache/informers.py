@@ -4,7 +4,7 @@
   holds it and nothing else (its scope), and the local node's labels come from it.
 - Services and EndpointSlices, cluster-wide.
 - Every other node's labels from the node topology feed (``cache.topology_feed``): the bucket
-  ConfigMaps a cluster-level publisher keeps, or a metadata-only watch of every Node.
+  ConfigMaps a cluster-level publisher keeps, or a metadata-only watch of every other Node.
 - core/v1 Endpoints (kube-proxy has not read them for years): "on" (always watched), "off" (never:
   the front passes Endpoints requests through to the apiserver) or "lazy" (the default). A lazy
   informer starts on the first Endpoints request (``touch``, or ``watching`` for the length of a
@@ -192,8 +192,10 @@ class Informers:
     # ---- the node topology feed's metadata-only Nodes ----------------------------------------------------
 
     def _start_node_labels(self) -> None:
-        self._run(self._reflector(NODES, self.node_topology.nodes, name=NODE_LABELS,
-                                  selection=Selection(metadata_only=True)))
+        # Every Node but the local one, which the Nodes reflector watches in full: its heartbeats
+        # would otherwise reach this wrapper twice (bench/: 3.7 KB more per heartbeat of a real Node).
+        others = Selection(field_selector=f"metadata.name!={self.cache.local_node}", metadata_only=True)
+        self._run(self._reflector(NODES, self.node_topology.nodes, name=NODE_LABELS, selection=others))
 
     def _stop_node_labels(self) -> None:
         self._halt(NODE_LABELS)

@@ -99,6 +99,24 @@ async def test_a_foreign_nodes_heartbeat_costs_no_re_filter_and_no_client_event(
         assert {plural: view.head() for plural, view in w.cache.views.items()} == heads, "no event for any client"
 
 
+async def test_in_the_nodes_mode_the_local_nodes_heartbeat_reaches_the_wrapper_once(sim: Simulator) -> None:
+    # The local Node is watched in full; the metadata watch of the others leaves it out, so its
+    # heartbeat is one event upstream, not two.
+    async with running_wrapper(sim.url, upstream=UpstreamOptions(node_topology="nodes")) as w:
+        labels = w.informers.reflectors["node-labels"]
+        await eventually(lambda: labels.state.synced_once, 10, "the metadata watch of the other Nodes")
+        sim.traffic.reset()
+        heartbeat(sim, w.cache.local_node, 1)
+        last = heartbeat(sim, "gz-3", 2)
+        # Each watch delivers in order: once the metadata watch has the later one, it sent all it would.
+        await eventually(lambda: labels.rv >= last and w.informers.reflectors["nodes"].rv >= last - 1, 10,
+                         "both heartbeats at the wrapper")
+        assert sim.traffic.total(plural="nodes").objects == 2  # one per heartbeat
+        assert w.cache.node_labels["gz-3"] == {"location": "guangzhou", "kubernetes.io/arch": "amd64",
+                                               "kubernetes.io/os": "linux", "kubernetes.io/hostname": "gz-3",
+                                               "topology.kubernetes.io/zone": "guangzhou"}
+
+
 async def test_the_source_follows_the_buckets_appearing_and_disappearing_and_each_switch_is_logged_once(
     sim: Simulator, caplog: pytest.LogCaptureFixture,
 ) -> None:
