@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--json PATH]``."""
+"""``python -m bench [upstream-cost | fleet | tenfold] [flags]`` (``--help`` for each)."""
 
-from bench.run import main
+from bench.cli import main
 
 raise SystemExit(main())

@@ -23,6 +23,21 @@ Control API (JSON, 127.0.0.1 only):
 - ``POST /ctl/relabel``: ``{"node", "label", "value", "local"}``: counts the kube-proxy-visible slices whose
   filtered content changes for node ``local`` (with ``filters.topology``, before the write), then
   sets the label and returns ``{"t_write", "rv", "expected"}``.
+- ``POST /ctl/tokens``: ``{"tokens": {TOKEN: USER}}``: the simulator takes each bearer token for its user, so
+  its traffic counts tell the clients apart.
+- ``GET /ctl/traffic``: the simulator's read costs (``apisim.traffic``: ``rows``, per user, User-Agent,
+  resource and verb), its requests (``requests``: ``[user, resource, verb, n]``) and its ``rv``;
+  ``POST /ctl/traffic/reset`` zeroes both.
+- ``POST /ctl/heartbeats``: ``{"count", "nodes"}``: ``count`` kubelet status heartbeats
+  (``apisim.seeds.node_heartbeat``: new condition heartbeat times and managedFields time, written as
+  a full update), round-robin over ``nodes`` (names; all Nodes if absent).
+- ``POST /ctl/churn``: ``{"kind": "slices"|"services", "count", "seed"}``: ``count`` realistic changes:
+  an EndpointSlice whose first endpoint turns unready (or ready again), or a Service with a new
+  ``bench/revision`` annotation, on kube-proxy-visible objects.
+- ``POST /ctl/restart``: ``{"downtime", "marker"}``: the simulator stops (every watch dropped), stays
+  down ``downtime`` seconds during which the Service ``bench/<marker>`` and its EndpointSlice are
+  created, then restarts on the same address with its history gone (``Simulator.restart``): the
+  marker is "the new state" clients must catch up with. Returns ``{"rv", "t_up"}``.
 """
 
 from __future__ import annotations
@@ -30,16 +45,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import random
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from apisim.seeds import HEADLESS, SERVICE_NAME, scale_cluster
+from apisim.seeds import HEADLESS, SERVICE_NAME, Backend, endpoint_slice, node_heartbeat, scale_cluster, service
 from apisim.server import Simulator
 from filters.keys import TopologyKeys, parse_topology_keys
 from filters.topology import TopologyContext, filter_endpoint_slices
@@ -48,7 +65,11 @@ from kubeapi.types import JSONDict
 from wrapper.heap import manage_heap
 
 TAG = "bench/tag"
+REVISION = "bench/revision"
 PROXY_NAME = "service.kubernetes.io/service-proxy-name"
+MARKER_NAMESPACE = "bench"
+# Heartbeat times start here and move on by the kubelet's status report period (5 minutes) per round.
+HEARTBEAT_EPOCH = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
 
 
 class Upstream:
@@ -56,15 +77,23 @@ class Upstream:
         self.sim = sim
         self.plain: list[tuple[str, str]] = []
         self.all: list[tuple[str, str]] = []
+        self.services: list[tuple[str, str]] = []  # kube-proxy-visible (not headless)
+        self._heartbeats = 0
+        self._churned = 0
         self._index()
 
     def _index(self) -> None:
+        # The stored objects are read, never changed (no copies: at 10x scale they are half a GB).
         annotated: set[str] = set()
-        for svc in self.sim.list(SERVICES):
-            meta = svc["metadata"]
+        for entry in self.sim.store.of(SERVICES).objects.values():
+            meta = entry.obj["metadata"]
             if isinstance(parse_topology_keys(meta.get("annotations")), TopologyKeys):
                 annotated.add(f"{meta['namespace']}/{meta['name']}")
-        for sl in self.sim.list(ENDPOINTSLICES):
+            if entry.obj.get("spec", {}).get("clusterIP") != "None":
+                self.services.append((meta["namespace"], meta["name"]))
+        self.services.sort()
+        for key in self.sim.store.of(ENDPOINTSLICES).sorted_keys():
+            sl = self.sim.store.of(ENDPOINTSLICES).objects[key].obj
             meta = sl["metadata"]
             labels = meta.get("labels") or {}
             if HEADLESS in labels or PROXY_NAME in labels:
@@ -150,6 +179,50 @@ class Upstream:
             n += sum(1 for x, y in zip(a, b, strict=True) if x.get("endpoints") != y.get("endpoints"))
         return n
 
+    def heartbeats(self, count: int, nodes: Sequence[str]) -> dict[str, Any]:
+        """``count`` kubelet status heartbeats, round-robin over ``nodes``, each at a later time."""
+        names = list(nodes) or sorted(self.sim.store.of(NODES).objects)
+        t0 = time.monotonic()
+        for _ in range(count):
+            name = names[self._heartbeats % len(names)]
+            at = HEARTBEAT_EPOCH + datetime.timedelta(seconds=300 * (1 + self._heartbeats // len(names)))
+            self._heartbeats += 1
+            current = self.sim.store.of(NODES).objects[name].obj
+            self.sim.update(NODES, node_heartbeat(current, at.strftime("%Y-%m-%dT%H:%M:%SZ")))
+        return {"writes": count, "rv_last": self.sim.rv, "seconds": time.monotonic() - t0}
+
+    def churn(self, kind: str, count: int, seed: int) -> dict[str, Any]:
+        """``count`` realistic changes of kube-proxy-visible EndpointSlices or Services."""
+        rng = random.Random(seed)
+        for _ in range(count):
+            self._churned += 1
+            if kind == "services":
+                ns, name = self.services[rng.randrange(len(self.services))]
+                self.sim.patch(SERVICES, ns, name, {"metadata": {"annotations": {REVISION: str(self._churned)}}})
+                continue
+            ns, name = self.all[rng.randrange(len(self.all))]
+            obj = self.sim.get(ENDPOINTSLICES, ns, name)
+            endpoints = obj.get("endpoints") or []
+            if not endpoints:
+                continue
+            # A pod going unready (or ready again): what a rollout or a failing probe writes.
+            cond = endpoints[0].setdefault("conditions", {})
+            ready = not cond.get("ready", True)
+            cond["ready"], cond["serving"] = ready, ready
+            self.sim.update(ENDPOINTSLICES, obj)
+        return {"writes": count, "rv_last": self.sim.rv}
+
+    async def restart(self, downtime: float, marker: str) -> dict[str, Any]:
+        """Stop, write the marker Service and slice while down, restart without history."""
+        await self.sim.stop()
+        svc = service(MARKER_NAMESPACE, marker, "", 80, 8080, port_name="http", selector={"app": marker})
+        created = self.sim.create(SERVICES, svc)
+        backend = Backend("10.255.0.1", "node-00000", "", f"{marker}-0")
+        self.sim.create(ENDPOINTSLICES, endpoint_slice(created, [backend], 8080, port_name="http"))
+        await asyncio.sleep(downtime)
+        await self.sim.restart()
+        return {"rv": self.sim.rv, "t_up": time.monotonic()}
+
     # ---- control HTTP ---------------------------------------------------------------
 
     def app(self) -> web.Application:
@@ -157,7 +230,40 @@ class Upstream:
         app.router.add_get("/ctl/rv", self.h_rv)
         app.router.add_post("/ctl/drive", self.h_drive)
         app.router.add_post("/ctl/relabel", self.h_relabel)
+        app.router.add_post("/ctl/tokens", self.h_tokens)
+        app.router.add_get("/ctl/traffic", self.h_traffic)
+        app.router.add_post("/ctl/traffic/reset", self.h_traffic_reset)
+        app.router.add_post("/ctl/heartbeats", self.h_heartbeats)
+        app.router.add_post("/ctl/churn", self.h_churn)
+        app.router.add_post("/ctl/restart", self.h_restart)
         return app
+
+    async def h_tokens(self, request: web.Request) -> web.Response:
+        q = orjson.loads(await request.read())
+        for token, user in dict(q["tokens"]).items():
+            self.sim.reviews.tokens[str(token)] = {"username": str(user), "groups": ["bench"]}
+        return _json({"tokens": len(self.sim.reviews.tokens)})
+
+    async def h_traffic(self, _request: web.Request) -> web.Response:
+        return _json({"rows": self.sim.traffic.rows(), "rv": self.sim.rv,
+                      "requests": [[u, p, v, n] for (u, p, v), n in sorted(self.sim.requests.items())]})
+
+    async def h_traffic_reset(self, _request: web.Request) -> web.Response:
+        self.sim.traffic.reset()
+        self.sim.requests.clear()
+        return _json({"rv": self.sim.rv})
+
+    async def h_heartbeats(self, request: web.Request) -> web.Response:
+        q = orjson.loads(await request.read())
+        return _json(self.heartbeats(int(q["count"]), [str(n) for n in q.get("nodes") or []]))
+
+    async def h_churn(self, request: web.Request) -> web.Response:
+        q = orjson.loads(await request.read())
+        return _json(self.churn(str(q["kind"]), int(q["count"]), int(q.get("seed", 0))))
+
+    async def h_restart(self, request: web.Request) -> web.Response:
+        q = orjson.loads(await request.read())
+        return _json(await self.restart(float(q.get("downtime", 1.0)), str(q["marker"])))
 
     async def h_rv(self, _request: web.Request) -> web.Response:
         return _json({"rv": self.sim.rv, "t": time.monotonic()})
@@ -185,9 +291,10 @@ def _json(doc: Any) -> web.Response:
 async def serve(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     seed = scale_cluster(args.seed, nodes=args.nodes, zones=args.zones, units=args.units, services=args.services,
-                         annotated_fraction=0.5, endpoints=args.endpoints, with_endpoints=args.with_endpoints)
+                         annotated_fraction=0.5, endpoints=args.endpoints, with_endpoints=args.with_endpoints,
+                         realistic_nodes=args.realistic_nodes)
     t_gen = time.monotonic() - t0
-    sim = Simulator(history_limit=args.history)
+    sim = Simulator(history_limit=args.history, bookmark_interval=args.bookmark_interval)
     counts = {"objects": sim.load(seed)}
     del seed
     t_load = time.monotonic() - t0 - t_gen
@@ -205,7 +312,8 @@ async def serve(args: argparse.Namespace) -> None:
     ctl = f"http://127.0.0.1:{runner.addresses[0][1]}"
     for r in (NODES, SERVICES, ENDPOINTSLICES):
         counts[r.plural] = sim.count(r)
-    counts["endpoints_in_slices"] = sum(len(s.get("endpoints") or []) for s in sim.list(ENDPOINTSLICES))
+    counts["endpoints_in_slices"] = sum(len(e.obj.get("endpoints") or [])
+                                        for e in sim.store.of(ENDPOINTSLICES).objects.values())
     counts["plain_slices"] = len(up.plain)
     counts["visible_slices"] = len(up.all)
     print(orjson.dumps({"url": url, "empty_url": empty_url, "ctl": ctl, "generate_s": t_gen, "load_s": t_load,
@@ -238,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--services", type=int, default=5000)
     p.add_argument("--endpoints", type=int, default=50000)
     p.add_argument("--with-endpoints", action="store_true", help="also create core/v1 Endpoints objects")
+    p.add_argument("--realistic-nodes", action="store_true",
+                   help="Nodes as a real cluster stores them (images, conditions, managedFields: about 10 KB each)")
+    p.add_argument("--bookmark-interval", type=float, default=60.0, help="seconds between bookmarks (default 60)")
     p.add_argument("--history", type=int, default=20_000)
     p.add_argument("--hostname", default="node-00000",
                    help="the wrapper's local node, the only Node of the empty cluster")
