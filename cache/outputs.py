@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from orjson import loads
+
 from cache.indexes import BY_SERVICE, Refs
 from cache.store import Store
 from filters.api import TopologyContext
@@ -48,12 +50,12 @@ class Outputs:
         return self._by_resource[resource.plural](service, fresh)
 
     def service(self, key: str, fresh: Fresh = None) -> Forms:
-        return self._one(self._services, SERVICES, key, fresh,
-                         lambda policies, obj: self.pipeline.serve_service(policies, obj, self.context))
+        return self._one(self._services, SERVICES, key, fresh, self.pipeline.serve_service)
 
     def slices(self, service: str, fresh: Fresh = None) -> Forms:
         keys, slices = self.slices_of(service, fresh)
-        policies = self.policies(service)
+        stored = self._services.objects.get(service)
+        policies = stored.facts if stored is not None else NO_POLICIES
         if not policies.touches(ENDPOINTSLICES):
             self.endpoint_counts.pop(service, None)
             return dict(zip(keys, slices, strict=True))  # type: ignore[arg-type]
@@ -62,16 +64,14 @@ class Outputs:
         return dict(zip(keys, served.slices, strict=True))  # type: ignore[arg-type]
 
     def endpoints(self, service: str, fresh: Fresh = None) -> Forms:
-        return self._one(self._endpoints, ENDPOINTS, service, fresh,
-                         lambda policies, obj: self.pipeline.serve_endpoints(policies, obj, self.context))  # type: ignore[arg-type,return-value]
+        return self._one(self._endpoints, ENDPOINTS, service, fresh, self.pipeline.serve_endpoints)  # type: ignore[arg-type]
 
     def slices_of(self, service: str, fresh: Fresh = None) -> tuple[list[str], list[EndpointSlice]]:
         """The keys and decoded upstream slices of one Service, in key order."""
         stored = self._slices.objects
         keys = sorted(self._slices.index.get(BY_SERVICE, service))
-        out: list[EndpointSlice] = []
-        for k in keys:
-            out.append(fresh[1] if fresh is not None and fresh[0] == k else stored[k].obj())  # type: ignore[arg-type]
+        fresh_key, fresh_obj = fresh if fresh is not None else (None, None)
+        out: list[EndpointSlice] = [fresh_obj if k == fresh_key else loads(stored[k].raw) for k in keys]  # type: ignore[misc]
         return keys, out
 
     def explain(self, key: str) -> list[JSONDict]:
@@ -82,15 +82,16 @@ class Outputs:
         return self.pipeline.explain(key, stored.facts, stored.obj(), slices, self.context)
 
     def _one(self, store: Store[Any], resource: Resource, key: str, fresh: Fresh,
-             serve: Callable[[Policies, JSONDict], JSONDict | None]) -> Forms:
+             serve: Callable[[Policies, JSONDict, TopologyContext], JSONDict | None]) -> Forms:
         """The served form of a Service's one object of ``resource`` (its Service or Endpoints,
         both keyed as the Service), if it has one."""
         if fresh is not None and fresh[0] == key:
             obj = fresh[1]
         else:
-            stored = store.get(key)
+            stored = store.objects.get(key)
             if stored is None:
                 return {}
-            obj = stored.obj()
-        policies = self.policies(key)
-        return {key: serve(policies, obj) if policies.touches(resource) else obj}
+            obj = loads(stored.raw)
+        service = self._services.objects.get(key)
+        policies = service.facts if service is not None else NO_POLICIES
+        return {key: serve(policies, obj, self.context) if policies.touches(resource) else obj}

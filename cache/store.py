@@ -52,7 +52,9 @@ class Store(Generic[F]):
     def put(self, key: str, stored: Stored[F]) -> Stored[F] | None:
         """Keep ``stored`` as ``key``'s record; returns the record it replaces."""
         old = self.objects.get(key)
-        self.index.update(key, old.facts if old is not None else None, stored.facts)
+        # Indexes are functions of the facts: equal facts (most changes) leave them as they are.
+        if old is None or (old.facts is not stored.facts and old.facts != stored.facts):
+            self.index.update(key, old.facts if old is not None else None, stored.facts)
         self.objects[key] = stored
         return old
 

@@ -276,15 +276,15 @@ class View:
             if type_ == "DELETED":
                 assert old is not None
                 # Deletions carry the last served state (filtered), like the apiserver's.
-                entry = self.entry(stamp(old.obj, ev_rv), old.fields)
+                entry = Entry(exact_json(stamp(old.obj, ev_rv)), ev_rv, old.fields)
                 del self.objects[key]
                 self._sorted_keys = None
             else:
                 raw = encoded.get(key) if encoded else None
                 if raw is not None and obj["metadata"].get("resourceVersion") == str(ev_rv):
                     entry = Entry(raw, ev_rv, selectable(self.resource, obj))
-                else:
-                    entry = self.entry(stamp(obj, ev_rv))
+                else:  # the stamp sets the RV: known, not parsed back
+                    entry = Entry(exact_json(stamp(obj, ev_rv)), ev_rv, selectable(self.resource, obj))
                 if old is None:
                     type_ = "ADDED"
                     self._sorted_keys = None

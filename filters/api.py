@@ -21,6 +21,7 @@ and the functions the cache calls are in ``filters.pipeline``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -141,7 +142,7 @@ class ServedSlices:
 P = TypeVar("P")
 
 
-class Filter(Generic[P]):
+class Filter(abc.ABC, Generic[P]):
     """One filter. Subclass it in a module of its own under filters/ and register the instance
     in ``filters.pipeline.FILTERS``; the pipeline calls it, and nothing in cache/ or wrapper/
     names it. The defaults read nothing and serve everything as it is."""
@@ -154,8 +155,9 @@ class Filter(Generic[P]):
     # What a malformed policy means for the Service, for the cache's log line.
     if_malformed = "it passes unfiltered"
 
+    @abc.abstractmethod
     def parse(self, service: JSONDict) -> P | Malformed | None:
-        raise NotImplementedError
+        """The filter's policy for one Service version: None when it does not act on this Service."""
 
     def reads(self, policy: P) -> Reads:
         return NO_READS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -86,7 +85,6 @@ async def test_a_certificate_from_another_ca_fails_the_handshake(tls_sim: tuple[
     assert sim.seen == []
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 async def test_kubectl_with_a_certificate_or_a_token_kubeconfig_is_seen_as_its_user(
     tls_sim: tuple[Simulator, Pki], kube_home: Path
 ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -309,7 +308,6 @@ def test_an_apiserver_url_with_credentials_in_it_is_refused() -> None:
 
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 async def test_a_go_client_with_a_token_kubeconfig_sends_no_token_over_plain_http(
     cert_stack: TlsStack, tmp_path: Path, kube_home: Path
 ) -> None:

@@ -7,7 +7,6 @@ chunked) exactly as a dying apiserver or a dropped link leaves it.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +115,6 @@ async def test_a_whole_body_streams_through_intact(rig: Rig, name: str, credenti
         assert await resp.read() == BODY
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 @pytest.mark.parametrize(("name", "whole"), [("cut-length", False), ("cut-chunked", False), ("whole-chunked", True)])
 async def test_go_clients_see_a_cut_body_as_an_error(rig: Rig, name: str, whole: bool, kube_home: Path) -> None:
     proc = await asyncio.create_subprocess_exec(

@@ -20,3 +20,18 @@ def test_a_resource_version_of_thousands_of_digits_is_invalid() -> None:
     with pytest.raises(InvalidResourceVersion, match="out of range"):
         parse_rv("9" * 5000)
     assert parse_int("-" + "0" * 30 + "9223372036854775808") == -(1 << 63)
+
+
+@pytest.mark.parametrize("text", ["0", "007", "1", "9" * 19, "1" + "0" * 19, "18446744073709551615",
+                                  "18446744073709551616", "", "+1", " 1", "1 ", "1_0", "\u0663", "\u00b9", "12a"])
+def test_a_resource_version_parses_as_go_parseuint_whatever_its_length(text: str) -> None:
+    """Short all-digit RVs take a fast path; it must agree with the full parser everywhere."""
+    try:
+        expected: int | None = parse_uint(text)
+    except NumError:
+        expected = None
+    if expected is None:
+        with pytest.raises(InvalidResourceVersion):
+            parse_rv(text)
+    else:
+        assert parse_rv(text) == expected

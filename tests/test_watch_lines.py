@@ -3,6 +3,9 @@ and let go with the history's events and with the selection's last watcher."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import orjson
 
 from cache.view import View
@@ -76,3 +79,28 @@ def test_the_last_watcher_of_a_selection_takes_its_lines_along() -> None:
     registry.leave(v, "app=x")
     registry.leave(v, "app=x")
     assert registry.join(v, "app=x") is not shared
+
+
+def test_a_finished_watchers_writer_and_lines_are_freed_without_the_cycle_collector() -> None:
+    """The heap regime freezes long-lived objects: a writer in a reference cycle would pin its
+    selection's lines (a history's worth of events) until the hourly full collection."""
+    v = View(SERVICES)
+    v.reset([], 1)
+    registry = WatchRegistry()
+    shared = registry.join(v, "app=x")
+    writer = EventWriter(v, predicate(APP_X), None, shared=shared)
+    cursor = v.head()
+    for i in range(2, 50):
+        v.publish([("ADDED", svc(f"s{i}", i, app="x"))], i)
+    writer.batch(v.read(cursor), 1 << 20)
+    gone = weakref.ref(writer)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        registry.leave(v, "app=x")
+        del writer
+        assert gone() is None, "freed by reference counting alone"
+        assert not shared.lines, "the last watcher's leaving lets go of the lines"
+    finally:
+        if enabled:
+            gc.enable()

@@ -91,6 +91,8 @@ class WatchRegistry:
             shared.watchers -= 1
             if shared.watchers <= 0:
                 del self._shared[(view, selection)]
+                # Its lines go now, even if something still holds the object.
+                shared.lines = []
 
     def state_by_rv(self, view: ViewReader) -> tuple[int, int, list[Entry]]:
         """(cursor, resourceVersion, entries oldest RV first) of the view's current state; the

@@ -90,7 +90,6 @@ class EventWriter:
         self.shared = None if self.table else shared
         self._first_table = True
         self._typed_prefix = _ADDED + view.typed(b"{")  # '{"type":"ADDED","object":{"kind":..,"apiVersion":..,'
-        self._select_one = self._select
         ns = namespace
         if ns is None and pred is None:
             self.pred: Predicate | None = None
@@ -158,7 +157,10 @@ class EventWriter:
         shared = self.shared
         if shared is None:
             return self._select(ev)
-        return shared.line(ev, self._select_one)
+        # A bound method made per call, never kept on self: a writer must not be in a reference
+        # cycle, or a finished watch's writer and its selection's lines outlive it (the heap
+        # regime freezes long-lived objects, so a cycle waits for the hourly full pass).
+        return shared.line(ev, self._select)
 
     def _select(self, ev: Event) -> bytes:
         pred = self.pred
