@@ -1,13 +1,18 @@
-"""The benchmark driver: ``python -m bench [--quick] [--json PATH] [--profile]``.
+"""The benchmark suite: ``python -m bench [--quick] [--runs N] [--json PATH] [--profile]``.
 
-Three processes: the upstream (``bench.upstream``: the apiserver simulator loaded with the scale
-cluster, and the write driver), the wrapper (``python -m wrapper``, its CPU and memory its own)
-and this one (the clients: lists and kube-proxy-style watchers). For the full-list baseline a
-fourth, ``bench.static_server``, serves the wrapper's exact list bytes from a trivial handler.
+Four processes: the upstream (``bench.upstream``: the apiserver simulator loaded with the scale
+cluster, and the write driver), the node topology publisher (``publish-topology``, unless
+``--no-publisher``), the wrapper (``python -m wrapper``, its CPU and memory its own) and this one
+(the clients: lists and kube-proxy-style watchers). For the full-list baseline a fifth,
+``bench.static_server``, serves the wrapper's exact list bytes from a trivial handler.
 
-Phases, in order: time to ready, memory at ready, full list, event latency, re-filter storm,
-sustained ingest, memory at the end, and (``--profile``) a CPU profile of the wrapper under
-ingest. Targets are printed as met / not met; nothing here fails on a missed target.
+Phases, in order: time to ready and memory at ready (several starts; the empty-cluster process
+and the simulator's plain list of every resource as baselines), full list, the hop's latency
+paired per event (``bench.hop``), event latency, re-filter storm, sustained ingest, memory at the
+end, and (``--profile``) a CPU profile of the wrapper under ingest. Targets are printed as met /
+not met; nothing here fails on a missed target. ``--runs N`` repeats the suite and reports each
+figure's range (``bench.ranges``). The other runs (upstream cost, fleet, tenfold) are subcommands
+(``bench.cli``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from bench.processes import (
     start_wrapper,
 )
 from bench.procstat import cpu_seconds, memory_kb
+from bench.ranges import range_rows
 from bench.stats import Row, ms, percentile, render, slope
 from bench.watchers import HEADERS, KUBE_PROXY_SELECTOR, SLICES, Watcher, current_rv, open_watchers
 from wrapper.heap import manage_heap
@@ -150,8 +156,10 @@ def summary(values: list[float]) -> dict[str, float]:
 # ---- phases --------------------------------------------------------------------------------
 
 
-async def phase_full_list(http: aiohttp.ClientSession, s: Settings, wrapper_url: str, sim_url: str,
+async def phase_full_list(http: aiohttp.ClientSession, reps: int, results_dir: Path, wrapper_url: str, sim_url: str,
                           tmp: Path) -> dict[str, Any]:
+    """kube-proxy's full EndpointSlice list, timed round-robin from the wrapper, from a static server
+    answering the wrapper's very bytes (the physical limit) and from the simulator."""
     q = urlencode({"labelSelector": KUBE_PROXY_SELECTOR, "limit": "500", "resourceVersion": "0"})
     path = f"{SLICES}?{q}"
     async with http.get(f"{wrapper_url}{path}", headers=HEADERS) as resp:
@@ -160,13 +168,13 @@ async def phase_full_list(http: aiohttp.ClientSession, s: Settings, wrapper_url:
     body_file.write_bytes(body)
     port = free_port()
     static = await spawn("static", ["-m", "bench.static_server", str(body_file), str(port)],
-                         s.results_dir / "static-server.log", stdout_pipe=True)
+                         results_dir / "static-server.log", stdout_pipe=True)
     try:
         await first_line(static, 30)
         targets = {"wrapper": wrapper_url, "static": f"http://127.0.0.1:{port}", "simulator": sim_url}
         times: dict[str, list[float]] = defaultdict(list)
         sizes: dict[str, int] = {}
-        for rep in range(s.list_reps + 3):
+        for rep in range(reps + 3):
             # Round-robin, so background noise hits every target alike; three warm-up rounds.
             for name, base in targets.items():
                 t0 = time.monotonic()
@@ -547,7 +555,7 @@ async def run(s: Settings) -> dict[str, Any]:
                     f"{[round(x['rss_mb']) for x in starts]} MB (node topology: {res['node_topology_mode']})")
                 # 2. full list.
                 log("full EndpointSlice list")
-                res["full_list"] = await phase_full_list(http, s, wp.url, sim_url, tmp)
+                res["full_list"] = await phase_full_list(http, s.list_reps, s.results_dir, wp.url, sim_url, tmp)
                 res["memory_after_list"] = mem_mb(wp.proc.pid)
                 # 3. the hop's latency, paired per event.
                 log(f"hop latency: {s.hop_events} sparse events at {s.hop_rate:g}/s, paired")
@@ -693,12 +701,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="The edge-scale benchmark: loads a reproducible cluster (1,000 nodes, 5,000 Services, 50,000 "
         "endpoints) into the apiserver simulator, starts the wrapper against it as a separate process, and "
-        "measures time to ready, memory, full-list latency, event latency, re-filter storms and sustained ingest. "
-        "Each figure is printed beside a baseline measured in the same run and its target (met / not met).",
-        epilog="A full run takes about 3 minutes on 2 cores, --quick about 1 minute. Logs, profiles and the JSON "
-        "figures go to --results-dir.",
+        "measures time to ready, memory, full-list latency, the latency the hop adds to an event (paired with a "
+        "watcher on the simulator), event latency, re-filter storms and sustained ingest. Each figure is printed "
+        "beside a baseline measured in the same run (and the Go original's figures where it is compared) and its "
+        "target (met / not met).",
+        epilog="A full run takes about 4 minutes on 2 cores, --quick about 1 minute. Logs, profiles and the JSON "
+        "figures go to --results-dir. Other runs, each with its own --help: 'python -m bench upstream-cost' (what "
+        "one wrapper costs the apiserver beside kube-proxy 1.34's own requests, at sync and per hour of churn), "
+        "'python -m bench fleet' (50 wrapper processes against one simulator, started together, then the "
+        "simulator restarted) and 'python -m bench tenfold' (10,000 nodes, 50,000 Services, 500,000 endpoints).",
     )
     p.add_argument("--quick", action="store_true", help="short phases (under 60 s)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="run the suite this many times and report each figure's range over the runs, its median "
+                   "and whether it met its target in every run (FLIPS if not in all); quote ranges, not best runs")
     p.add_argument("--json", type=Path, help="write the figures as JSON here (default: bench/results/<time>.json)")
     p.add_argument("--seed", type=int, default=1, help="scale cluster seed (default 1)")
     p.add_argument("--hostname", default="node-00000", help="the wrapper's local node (default node-00000)")
@@ -717,16 +733,30 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings.from_args(args)
     import uvloop
 
-    res = uvloop.run(run(s))
-    rows = rows_of(res)
-    table = render(rows)
-    res["table"] = [r.__dict__ for r in rows]
-    print(table)
-    print(f"\nelapsed {res['elapsed_s']:.0f} s; quick={s.quick}")
-    path = args.json or s.results_dir / f"bench-{time.strftime('%Y%m%dT%H%M%S')}{'-quick' if s.quick else ''}.json"
+    runs: list[dict[str, Any]] = []
+    for i in range(max(1, args.runs)):
+        if args.runs > 1:
+            log(f"run {i + 1} of {args.runs} (load average {os.getloadavg()[0]:.2f})")
+        res = uvloop.run(run(s))
+        rows = rows_of(res)
+        table = render(rows)
+        res["table"] = [r.__dict__ for r in rows]
+        print(table)
+        load = res["host"]
+        print(f"\nelapsed {res['elapsed_s']:.0f} s; quick={s.quick}; load average {load['load_at_start'][0]:.2f} at "
+              f"the start, {load['load_at_end'][0]:.2f} at the end\n")
+        runs.append(res)
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}{'-quick' if s.quick else ''}"
+    doc: dict[str, Any] = runs[0]
+    if len(runs) > 1:
+        ranges = render(range_rows(runs))
+        print(f"over {len(runs)} runs:\n{ranges}")
+        (s.results_dir / "latest-ranges.txt").write_text(ranges + "\n")
+        doc = {"runs": runs, "ranges": [r.__dict__ for r in range_rows(runs)]}
+    path = args.json or s.results_dir / f"bench-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-    (s.results_dir / "latest-table.txt").write_text(table + "\n")
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    (s.results_dir / "latest-table.txt").write_text(render(rows_of(runs[-1])) + "\n")
     print(f"figures written to {path}")
     return 0
 

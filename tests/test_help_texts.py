@@ -1,7 +1,8 @@
 """Every command's --help explains every flag in plain text.
 
 The commands are the wrapper, its demo, the topology publisher (``publish-topology``), the simulator
-(``python -m apisim``) and the benchmark (``python -m bench``). Their help is what a new operator
+(``python -m apisim``) and the benchmark (``python -m bench`` and its runs ``upstream-cost``, ``fleet`` and
+``tenfold``). Their help is what a new operator
 reads first: each visible flag has a sentence, and no reStructuredText markup (double backquotes,
 roles) leaks from docstrings.
 """
@@ -16,18 +17,25 @@ import sys
 import pytest
 
 from apisim.__main__ import build_parser as apisim_parser
+from bench.fleet import build_parser as bench_fleet_parser
 from bench.run import build_parser as bench_parser
+from bench.tenfold import build_parser as bench_tenfold_parser
+from bench.upstream_cost import build_parser as bench_cost_parser
 from publisher.options import build_parser as publisher_parser
 from wrapper.options import build_demo_parser, build_parser
 
 PARSERS = {"wrapper": build_parser, "demo": build_demo_parser, "apisim": apisim_parser, "bench": bench_parser,
-           "publish-topology": publisher_parser}
+           "bench upstream-cost": bench_cost_parser, "bench fleet": bench_fleet_parser,
+           "bench tenfold": bench_tenfold_parser, "publish-topology": publisher_parser}
 COMMANDS = {
     "wrapper": [sys.executable, "-m", "wrapper", "--help"],
     "demo": [sys.executable, "-m", "wrapper", "demo", "--help"],
     "publish-topology": [sys.executable, "-m", "wrapper", "publish-topology", "--help"],
     "apisim": [sys.executable, "-m", "apisim", "--help"],
     "bench": [sys.executable, "-m", "bench", "--help"],
+    "bench upstream-cost": [sys.executable, "-m", "bench", "upstream-cost", "--help"],
+    "bench fleet": [sys.executable, "-m", "bench", "fleet", "--help"],
+    "bench tenfold": [sys.executable, "-m", "bench", "tenfold", "--help"],
 }
 RST = re.compile(r"``|:(?:class|func|meth|mod|attr):`")
 
