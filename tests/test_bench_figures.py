@@ -65,9 +65,9 @@ def test_upstream_cost_sums_each_client_and_scales_each_change_by_its_rate_per_h
                                                                                                   ["services"])
     assert sync[WRAPPER_PUBLISHER]["watched"] == ["services"] and sync[WRAPPER_NODES]["bytes"] == 0
     zero = {"bytes": 0.0, "objects": 0.0}
-    churn = {k: {"count": 1, "clients": {c: dict(zero) for c in (KUBE_PROXY, WRAPPER_PUBLISHER, WRAPPER_NODES,
-                                                                  PUBLISHER)}}
-             for k in ("foreign_heartbeat", "own_heartbeat", "slice_change", "service_change")}
+    churn: dict[str, Any] = {k: {"count": 1, "clients": {c: dict(zero) for c in (
+        KUBE_PROXY, WRAPPER_PUBLISHER, WRAPPER_NODES, PUBLISHER)}}
+        for k in ("foreign_heartbeat", "own_heartbeat", "slice_change", "service_change")}
     churn["foreign_heartbeat"]["clients"][WRAPPER_NODES] = {"bytes": 3700.0, "objects": 1.0}
     churn["slice_change"]["clients"][KUBE_PROXY] = {"bytes": 2000.0, "objects": 1.0}
     res: dict[str, Any] = {"sync": sync, "churn": churn, "foreign_nodes": 99}
