@@ -60,6 +60,132 @@ def node(name: str, ip: str, labels: dict[str, str] | None = None, pod_cidr: str
     return obj
 
 
+# A realistic Node's content, as a kubeadm-installed node with flannel and containerd carries it (kubelet
+# 1.34): about 10 KB of JSON, of which about 3.4 KB is metadata (the managedFields most of it), what a
+# metadata-only watch still gets per Node update.
+_IMAGES = (
+    ("registry.k8s.io/kube-proxy", "v1.34.1", 31_000_000), ("registry.k8s.io/pause", "3.10", 320_000),
+    ("docker.io/flannel/flannel", "v0.26.4", 32_500_000), ("docker.io/flannel/flannel-cni-plugin", "v1.6.2", 4_900_000),
+    ("registry.k8s.io/coredns/coredns", "v1.12.0", 20_900_000), ("registry.k8s.io/metrics-server/metrics-server",
+                                                                    "v0.7.2", 19_500_000),
+    ("ghcr.io/edge/application-grid-wrapper", "0.1.0", 61_000_000), ("docker.io/library/nginx", "1.27.3", 72_000_000),
+    ("quay.io/prometheus/node-exporter", "v1.8.2", 11_700_000), ("docker.io/calico/node", "v3.29.1", 143_000_000),
+    ("registry.k8s.io/ingress-nginx/controller", "v1.12.0", 105_000_000), ("docker.io/library/busybox", "1.37.0",
+                                                                            2_200_000),
+    ("docker.io/library/redis", "7.4.1", 45_000_000), ("docker.io/library/postgres", "17.2", 158_000_000),
+    ("quay.io/jetstack/cert-manager-controller", "v1.16.2", 22_000_000), ("docker.io/grafana/promtail", "3.3.2",
+                                                                          77_000_000),
+    ("registry.k8s.io/sig-storage/csi-node-driver-registrar", "v2.12.0", 10_800_000),
+    ("registry.k8s.io/sig-storage/livenessprobe", "v2.14.0", 10_300_000),
+    ("docker.io/openyurt/yurthub", "v1.5.0", 31_000_000), ("docker.io/superedge/lite-apiserver", "v0.9.0", 28_000_000),
+    ("docker.io/library/alpine", "3.21.0", 3_600_000), ("docker.io/library/python", "3.11.11-slim", 46_000_000),
+    ("registry.k8s.io/etcd", "3.5.16-0", 57_000_000), ("docker.io/bitnami/kubectl", "1.34.1", 81_000_000),
+)
+_NODE_CONDITIONS = (
+    ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+    ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+)
+_KUBELET_STATUS_FIELDS = {
+    "f:status": {
+        "f:allocatable": {f"f:{k}": {} for k in ("cpu", "ephemeral-storage", "memory", "pods")},
+        "f:capacity": {f"f:{k}": {} for k in ("cpu", "ephemeral-storage", "memory", "pods")},
+        "f:conditions": {f'k:{{"type":"{t}"}}': {".": {}, "f:lastHeartbeatTime": {}, "f:lastTransitionTime": {},
+                                                   "f:message": {}, "f:reason": {}, "f:status": {}, "f:type": {}}
+                         for t, *_ in _NODE_CONDITIONS},
+        "f:daemonEndpoints": {"f:kubeletEndpoint": {"f:Port": {}}},
+        "f:features": {".": {}, "f:supplementalGroupsPolicy": {}},
+        "f:images": {}, "f:nodeInfo": {"f:bootID": {}, "f:containerRuntimeVersion": {}, "f:kernelVersion": {},
+                                       "f:kubeProxyVersion": {}, "f:kubeletVersion": {}, "f:machineID": {},
+                                       "f:osImage": {}, "f:systemUUID": {}},
+        "f:runtimeHandlers": {},
+    },
+}
+
+
+def realistic_node(name: str, ip: str, labels: dict[str, str], pod_cidr: str, index: int,
+                   heartbeat: str = "2025-06-01T00:00:00Z") -> JSONDict:
+    """A Node as the apiserver stores a kubeadm node's (images, conditions, addresses, capacity,
+    managedFields): about 10 KB of JSON. ``index`` varies its identifiers; ``heartbeat`` is the
+    time of its last status update (``node_heartbeat`` moves it)."""
+    hexid = f"{index:08x}" * 4
+    boot = f"{hexid[:8]}-{hexid[8:12]}-{hexid[12:16]}-{hexid[16:20]}-{hexid[20:32]}"
+    since = "2025-01-01T00:00:00Z"
+    lbls = {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+            HOSTNAME: name, "kubernetes.io/os": "linux", "node.kubernetes.io/instance-type": "edge.c4m8",
+            "superedge.io/node-edge": "enable", **labels}
+    annotations = {
+        "flannel.alpha.coreos.com/backend-data": f'{{"VNI":1,"VtepMAC":"{hexid[:2]}:{hexid[2:4]}:{hexid[4:6]}:'
+                                                 f'{hexid[6:8]}:{hexid[8:10]}:{hexid[10:12]}"}}',
+        "flannel.alpha.coreos.com/backend-type": "vxlan", "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        "flannel.alpha.coreos.com/public-ip": ip,
+        "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///var/run/containerd/containerd.sock",
+        "node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+    }
+    managed = [
+        {"manager": "kubeadm", "operation": "Update", "apiVersion": "v1", "time": since, "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:kubeadm.alpha.kubernetes.io/cri-socket": {}}}}},
+        {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1", "time": since,
+         "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:node.alpha.kubernetes.io/ttl": {}}},
+                      "f:spec": {"f:podCIDR": {}, "f:podCIDRs": {".": {}, f'v:"{pod_cidr}"': {}}}}},
+        {"manager": "flanneld", "operation": "Update", "apiVersion": "v1", "time": since, "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:annotations": {f"f:flannel.alpha.coreos.com/{k}": {} for k in (
+             "backend-data", "backend-type", "kube-subnet-manager", "public-ip")}}},
+         "subresource": "status"},
+        {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": since, "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:volumes.kubernetes.io/controller-managed-attach-"
+                                                                "detach": {}},
+                                     "f:labels": {".": {}, **{f"f:{k}": {} for k in lbls}}},
+                      "f:spec": {"f:providerID": {}}}},
+        {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": heartbeat, "fieldsType": "FieldsV1",
+         "fieldsV1": _KUBELET_STATUS_FIELDS, "subresource": "status"},
+    ]
+    resources = {"cpu": "4", "ephemeral-storage": "102400Mi", "hugepages-1Gi": "0", "hugepages-2Mi": "0",
+                 "memory": "8029648Ki", "pods": "110"}
+    conditions: list[JSONDict] = [{"type": "NetworkUnavailable", "status": "False", "reason": "FlannelIsUp",
+                                   "message": "Flannel is running on this node", "lastHeartbeatTime": since,
+                                   "lastTransitionTime": since}]
+    conditions += [{"type": t, "status": st, "reason": reason, "message": message, "lastHeartbeatTime": heartbeat,
+                    "lastTransitionTime": since} for t, st, reason, message in _NODE_CONDITIONS]
+    images = [{"names": [f"{repo}@sha256:{(hexid + repo.encode().hex())[:64]}", f"{repo}:{tag}"],
+               "sizeBytes": size + index % 997} for repo, tag, size in _IMAGES]
+    return {
+        "metadata": {"name": name, "labels": lbls, "annotations": annotations, "managedFields": managed},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "providerID": f"edge://{name}"},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+            "allocatable": {**resources, "cpu": "3800m", "memory": "7927248Ki"}, "capacity": resources,
+            "conditions": conditions,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "features": {"supplementalGroupsPolicy": True},
+            "images": images,
+            "nodeInfo": {"architecture": "amd64", "bootID": boot, "containerRuntimeVersion": "containerd://2.0.2",
+                         "kernelVersion": "6.8.0-51-generic", "kubeProxyVersion": "v1.34.1",
+                         "kubeletVersion": "v1.34.1", "machineID": hexid, "operatingSystem": "linux",
+                         "osImage": "Ubuntu 24.04.1 LTS", "systemUUID": boot},
+            "runtimeHandlers": [{"name": "", "features": {"recursiveReadOnlyMounts": True, "userNamespaces": True}},
+                                {"name": "runc", "features": {"recursiveReadOnlyMounts": True,
+                                                              "userNamespaces": True}}],
+        },
+    }
+
+
+def node_heartbeat(obj: JSONDict, at: str) -> JSONDict:
+    """``obj`` (a ``realistic_node``) after the kubelet's periodic status update at time ``at``: the
+    conditions it owns have a new ``lastHeartbeatTime`` and its status entry of managedFields a new
+    ``time``, as the apiserver stores a heartbeat that changes nothing else. Returns a new object."""
+    meta = dict(obj["metadata"])
+    meta["managedFields"] = [
+        {**m, "time": at} if m.get("manager") == "kubelet" and m.get("subresource") == "status" else m
+        for m in meta.get("managedFields") or []]
+    status = dict(obj["status"])
+    status["conditions"] = [{**c, "lastHeartbeatTime": at} if c.get("type") != "NetworkUnavailable" else c
+                            for c in status.get("conditions") or []]
+    return {**obj, "metadata": meta, "status": status}
+
+
 def service(namespace: str, name: str, cluster_ip: str, port: int, target_port: int, *,
             port_name: str = "", selector: dict[str, str] | None = None, labels: dict[str, str] | None = None,
             annotations: dict[str, str] | None = None) -> JSONDict:
@@ -199,10 +325,13 @@ def openyurt_demo() -> SeedList:
 
 def scale_cluster(seed: int, nodes: int = 1000, zones: int = 10, units: int = 20, services: int = 5000,
                   annotated_fraction: float = 0.5, endpoints: int = 50000, *, namespaces: int = 20,
-                  headless_fraction: float = 0.02, big_slice: int = 100, with_endpoints: bool = False) -> SeedList:
+                  headless_fraction: float = 0.02, big_slice: int = 100, with_endpoints: bool = False,
+                  realistic_nodes: bool = False) -> SeedList:
     """A reproducible large cluster: nodes in ``zones`` zones and ``units`` NodeUnits (label
     ``location``), ``services`` services with one slice each holding ``endpoints`` in total;
     1 % of the services get ``big_slice`` endpoints, the rest share the remainder evenly.
+    ``realistic_nodes``: Nodes as a real cluster stores them (``realistic_node``, about 10 KB
+    each) instead of the lean ones.
     """
     rng = random.Random(seed)
     out: SeedList = []
@@ -214,7 +343,12 @@ def scale_cluster(seed: int, nodes: int = 1000, zones: int = 10, units: int = 20
         node_names.append(name)
         node_zone.append(zone)
         ip = str(ipaddress.ip_address(int(ipaddress.ip_address("172.20.0.0")) + i + 10))
-        out.append((NODES, node(name, ip, {"location": f"unit-{i % units:02d}", ZONE: zone})))
+        labels = {"location": f"unit-{i % units:02d}", ZONE: zone}
+        if realistic_nodes:
+            cidr = f"10.{64 + i // 256 % 64}.{i % 256}.0/24"
+            out.append((NODES, realistic_node(name, ip, {**labels, "topology.kubernetes.io/region": "edge"}, cidr, i)))
+        else:
+            out.append((NODES, node(name, ip, labels)))
 
     n_big = min(services, max(1, services // 100)) if endpoints >= big_slice else 0
     rest = max(0, endpoints - n_big * big_slice)
