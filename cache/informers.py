@@ -276,9 +276,9 @@ class Informers:
     def _trouble(self, reflector: Reflector, *, syncing: bool) -> str:
         """A reflector's failure (its last error, and the next attempt), or with ``syncing`` the
         sync it has under way; "" if it is watching."""
-        st = reflector.state
-        if st.retry_at is not None:
-            return f"{st.last_error}; retrying in {duration(st.retry_at - self._clock())}"
+        wait = reflector.machine.next_attempt_in()
+        if wait is not None:
+            return f"{reflector.state.last_error}; retrying in {duration(wait)}"
         phase = reflector.machine.phase
         if syncing and phase is not Phase.WATCH:
             return "a streaming list under way" if phase is Phase.STREAM else "a list under way"

@@ -324,6 +324,11 @@ class ListWatch:
             self._announced = True
             self._say(logging.INFO, f"upstream {self._name}: syncing with {how}")
 
+    def next_attempt_in(self) -> float | None:
+        """Seconds until the next attempt while requests keep failing; None once an answer came."""
+        at = self.state.retry_at
+        return None if at is None else max(at - self._clock(), 0.0)
+
     def spread(self) -> None:
         """Wait a random part of ``relist_jitter`` before the next request (a wrapper restored
         from a snapshot spreads its first sync: it already serves)."""

@@ -21,7 +21,7 @@ from cache.cluster import ClusterCache
 from cache.reflector import Reflector, ReflectorSettings
 from kubeapi.resources import SERVICES
 from tests.support.fake_clock import FakeClock
-from tests.support.faultkit import free_port, get_text, running_wrapper
+from tests.support.faultkit import free_port, get_json, get_text, running_wrapper
 from tests.support.stack import running_simulator, wait_ready
 from tests.support.waiting import eventually
 
@@ -126,6 +126,11 @@ async def test_readyz_verbose_names_each_caches_last_error_and_next_attempt(how:
             else:
                 assert str(port) in services
             assert lines[-1] == "readyz check failed"
+            # /debug/cache says it too, per resource.
+            code, page = await get_json(w.debug_url + "/debug/cache")
+            upstream = page["resources"]["services"]["upstream"]
+            assert upstream["failedAttempts"] >= 1 and upstream["nextAttemptInSeconds"] >= 0
+            assert upstream["lastError"] and upstream["lastError"] in services
             # Plain /readyz keeps its lines: the check and its state, no error.
             code, plain = await get_text(w.url + "/readyz")
             assert code == 503 and "[-]cache-services not synced\n" in plain and "retrying" not in plain
@@ -137,6 +142,8 @@ async def test_readyz_verbose_names_each_caches_last_error_and_next_attempt(how:
             await wait_ready(w, 20)
             code, body = await get_text(w.url + "/readyz?verbose")
             assert code == 200 and "[+]cache-services ok\n" in body and "retrying" not in body, body
+            code, page = await get_json(w.debug_url + "/debug/cache")
+            assert "nextAttemptInSeconds" not in page["resources"]["services"]["upstream"]
     finally:
         await sim.stop()
 
