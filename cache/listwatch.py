@@ -403,12 +403,13 @@ class ListWatch:
         st.sync_mode = how
         how_said = "a streaming list" if how == "stream" else "a list"
         self._answered()
+        objects = f"{count} object{'' if count == 1 else 's'}"
         if st.synced_once:
             st.relists += 1
-            self._say(logging.INFO, f"upstream {self._name}: relisted {count} objects at resourceVersion {rv} "
+            self._say(logging.INFO, f"upstream {self._name}: relisted {objects} at resourceVersion {rv} "
                       f"({how_said}); watching from there")
         else:
-            self._say(logging.INFO, f"upstream {self._name}: listed {count} objects at resourceVersion {rv} "
+            self._say(logging.INFO, f"upstream {self._name}: listed {objects} at resourceVersion {rv} "
                       f"({how_said}); watching from there")
         st.synced_once = True
         self.phase = Phase.WATCH
@@ -417,7 +418,8 @@ class ListWatch:
 
     def watch_opened(self) -> None:
         """The watch asked for by the last ``Watch`` was answered 200; events follow."""
-        doing = f"{'streaming' if self.phase is Phase.STREAM else 'watching'} from resourceVersion {self.rv}"
+        doing = ("receiving the streaming list" if self.phase is Phase.STREAM
+                 else f"watching from resourceVersion {self.rv}")
         if not self._answered(doing):
             self._say(logging.DEBUG, f"upstream {self._name}: {doing}")
         self._watch_opened_at = self._clock()

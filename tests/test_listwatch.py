@@ -609,7 +609,7 @@ def test_an_unreachable_apiserver_is_said_once_then_still_retrying_once_a_minute
     assert said[0][0] == INFO and said[0][1].startswith(f"upstream nodes: connected after {failed_before + 1} failed "
                                                         "attempts in ")
     assert said[0][1].endswith("(last error: cannot connect to the apiserver: timed out)")
-    assert said[1] == (INFO, "upstream nodes: listed 1 objects at resourceVersion 7 (a list); watching from there")
+    assert said[1] == (INFO, "upstream nodes: listed 1 object at resourceVersion 7 (a list); watching from there")
     assert len(said) == 2
     r.machine.next_action()
     r.machine.watch_opened()
