@@ -384,8 +384,9 @@ class ListWatch:
     def _synced(self, items: Iterable[JSONDict], count: int, rv: int, how: str) -> None:
         """A whole state at ``rv`` (a list, or a streaming list at its bookmark): to the sink, then watch."""
         if self._skipped:
-            self._say(logging.WARNING, f"upstream {self._name}: skipped {self._skipped} malformed "
-                      f"{'initial events' if how == 'stream' else 'list items'}; took the rest")
+            what = "initial event" if how == "stream" else "list item"
+            self._say(logging.WARNING, f"upstream {self._name}: skipped {self._skipped} malformed {what}"
+                      f"{'' if self._skipped == 1 else 's'}; took the rest")
             self._skipped = 0
         if rv < self.rv:
             # A sync is never older than an RV the apiserver has already served: its RVs went back.
@@ -596,7 +597,8 @@ class ListWatch:
         # may be passing (an apiserver starting), so only it is not remembered.
         transient = how.startswith("HTTP 5")
         said = how if how.startswith("HTTP") else f"{how} {err.status.get('code') or err.code}"
-        self._refuse_streaming(f"{said}: {err.summary or err}", remember=not transient)
+        detail = err.summary or str(err)
+        self._refuse_streaming(detail if detail.startswith(said) else f"{said}: {detail}", remember=not transient)
 
     def _stream_broken(self, why: str) -> bool:
         """A streaming list answered with something that is not a watch stream (a server that
