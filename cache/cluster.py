@@ -25,9 +25,10 @@ watches it alone) takes its labels from its object; the feed's labels for it are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from cache.indexes import BY_LABEL_READ, Refs, endpoints_refs, reference_indexes, service_indexes, slice_refs
@@ -50,6 +51,8 @@ DELETED = "DELETED"
 F = TypeVar("F")
 # How one resource's upstream changes are handled: (type, key, object, resourceVersion to publish at).
 Handler = Callable[[str, str, JSONDict, int], None]
+# What triggered a re-filter run, for the debug log: (what changed, its name, how).
+Trigger = tuple[str, str, str]
 
 _NO_FORMS: Forms = {}  # shared, never written
 
@@ -243,7 +246,10 @@ class ClusterCache:
             self._node_labels[name] = new
         if old == new or self._publisher.loading:
             return
-        self._refilter(self._planner.after_node_change(NodeChange(name, old, new, name == self.local_node)), rv)
+        local = name == self.local_node
+        self._refilter(self._planner.after_node_change(NodeChange(name, old, new, local)), rv,
+                       ("local node" if local else "node", name,
+                        "added" if old is None else "removed" if new is None else "relabeled"))
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -414,7 +420,12 @@ class ClusterCache:
         optional resource that has not listed keeps its view; on a new timeline it is unloaded)."""
         new_timeline, self._new_timeline = self._new_timeline, False
         self._outputs.endpoint_counts.clear()
-        self._serve_again(self._planner.after_load(), 0)
+        plan = self._planner.after_load()
+        started = time.perf_counter()
+        self._serve_again(plan, 0)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("re-filter (%s): %d Services served, %.2f ms", "a new upstream timeline" if new_timeline
+                      else "the first sync", len(plan), (time.perf_counter() - started) * 1000)
         self._publisher.finish_load({plural: s.rv for plural, s in self._stores.items() if s.listed},
                                     new_timeline=new_timeline)
         if new_timeline:
@@ -452,7 +463,7 @@ class ClusterCache:
         self._emit(SERVICES, type_, key, obj, new, rv, (key,) if live and after.touches(SERVICES) else ())
         if live:
             before = old.facts if old is not None else NO_POLICIES
-            self._refilter(self._planner.after_service_change(key, before, after), rv)
+            self._refilter(self._planner.after_service_change(key, before, after), rv, ("service", key, type_))
 
     def _on_slice(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
         old, new = self._keep(self._slices, type_, key, obj, slice_refs)
@@ -464,6 +475,10 @@ class ClusterCache:
             # A Service no filter acts on serves its slices as stored: the siblings of this one
             # cannot have changed, so they are neither decoded nor compared.
             group = [s for s in sorted(owners) if self._outputs.policies(s).touches(ENDPOINTSLICES)]
+        if group and log.isEnabledFor(logging.DEBUG):
+            with self._run_logged(("endpointslice", key, type_), len(group)):
+                self._emit(ENDPOINTSLICES, type_, key, obj, new, rv, group)
+            return
         self._emit(ENDPOINTSLICES, type_, key, obj, new, rv, group)
 
     def _on_endpoints(self, type_: str, key: str, obj: JSONDict, rv: int) -> None:
@@ -471,8 +486,12 @@ class ClusterCache:
         if old is None and new is None:
             return
         live = not self._publisher.loading
-        self._emit(ENDPOINTS, type_, key, obj, new, rv,
-                   (key,) if live and self._outputs.policies(key).touches(ENDPOINTS) else ())
+        group = (key,) if live and self._outputs.policies(key).touches(ENDPOINTS) else ()
+        if group and log.isEnabledFor(logging.DEBUG):
+            with self._run_logged(("endpoints", key, type_), 1):
+                self._emit(ENDPOINTS, type_, key, obj, new, rv, group)
+            return
+        self._emit(ENDPOINTS, type_, key, obj, new, rv, group)
 
     def _keep(self, store: Store[F], type_: str, key: str, obj: JSONDict,
               facts: Callable[[str, JSONDict], F]) -> tuple[Stored[F] | None, Stored[F] | None]:
@@ -512,15 +531,32 @@ class ClusterCache:
 
     # ---- re-filtering ---------------------------------------------------------------------
 
-    def _refilter(self, plan: Plan, rv: int) -> None:
+    def _refilter(self, plan: Plan, rv: int, why: Trigger) -> None:
+        """Serve the planned Services' objects again after the change ``why`` (a Node's or a Service's)."""
         if not plan or self._publisher.loading:
             return
         self.refilter_runs += 1
+        events = self._publisher.synthetic_events
         started = time.perf_counter()
         try:
             self._serve_again(plan, rv)
         finally:
-            self.refilter_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.refilter_seconds += took
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("re-filter (%s %s %s): %d Services, %d events, %.2f ms", *why, len(plan),
+                      self._publisher.synthetic_events - events, took * 1000)
+
+    @contextlib.contextmanager
+    def _run_logged(self, why: Trigger, services: int) -> Iterator[None]:
+        """At debug: one line for the re-filter run in the block (a slice's or an Endpoints' change
+        served again with its Service's other objects): what triggered it, how many Services, how
+        many objects it changed (events beyond the upstream object's own), how long it took."""
+        events = self._publisher.synthetic_events
+        started = time.perf_counter()
+        yield
+        log.debug("re-filter (%s %s %s): %d Services, %d events, %.2f ms", *why, services,
+                  self._publisher.synthetic_events - events, (time.perf_counter() - started) * 1000)
 
     def _serve_again(self, plan: Plan, rv: int) -> None:
         """Serve the planned Services' objects again, one batch per resource, at ``rv``."""

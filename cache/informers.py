@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from cache.apiclient import ApiClient
 from cache.cluster import ClusterCache
-from cache.listwatch import Clock, Selection, Sink
+from cache.listwatch import Clock, Phase, Selection, Sink, duration
 from cache.reflector import Reflector, ReflectorSettings
 from cache.topology_feed import MODES as TOPOLOGY_MODES
 from cache.topology_feed import NODES_MODE, NodeTopology
@@ -261,6 +261,30 @@ class Informers:
     @property
     def connected(self) -> bool:
         return all(r.state.connected for r in self._essential())
+
+    def upstream_note(self, plural: str, synced: bool) -> str:
+        """What /readyz?verbose adds to the line of the view ``plural``: for a view that has not
+        synced, why (its reflector's last error and when it tries again, the sync under way, or
+        the other reflectors the cache's load waits for); for a synced one, that its reflector
+        lost the apiserver. "" when there is nothing to say."""
+        own = self.reflectors.get(plural)
+        mine = self._trouble(own, syncing=not synced) if own is not None else ""
+        if synced or mine:
+            return mine
+        waiting = [f"{name} ({trouble})" for name, r in self.reflectors.items()
+                   if r is not own and r in self._essential() and (trouble := self._trouble(r, syncing=True))]
+        return f"waiting for {', '.join(waiting)}" if waiting else ""
+
+    def _trouble(self, reflector: Reflector, *, syncing: bool) -> str:
+        """A reflector's failure (its last error, and the next attempt), or with ``syncing`` the
+        sync it has under way; "" if it is watching."""
+        wait = reflector.machine.next_attempt_in()
+        if wait is not None:
+            return f"{reflector.state.last_error}; retrying in {duration(wait)}"
+        phase = reflector.machine.phase
+        if syncing and phase is not Phase.WATCH:
+            return "a streaming list under way" if phase is Phase.STREAM else "a list under way"
+        return ""
 
     def offline_for(self) -> float:
         """Seconds since some reflector lost the apiserver (0 while all are connected)."""

@@ -43,7 +43,11 @@ or anything else; ``forget_rv()``: another resource saw the resourceVersions go 
 Outputs: calls on the ``Sink`` (``replace``, ``apply``, ``bookmark``) and ``on_regression(had,
 got)`` when a sync comes back below an RV already seen (the timeline went back);
 ``next_action()``: ``Sleep(seconds)``, ``ListPage(params)`` or ``Watch(params, deadline)``;
-``state`` (``UpstreamState``) for readiness, metrics and debug pages, and ``rv``.
+``state`` (``UpstreamState``) for readiness, metrics and debug pages, and ``rv``; and what to tell
+the operator, handed to ``say(level, message)`` (the I/O loop logs it): every change of state
+(syncing and how, synced, connected, lost with its error, relisting and why, a fallback), and
+while the apiserver keeps failing, "still retrying" with the last error and the next attempt at
+most once per ``retry_report_interval`` (the first failure at once; a recovery once).
 
 What one reflector asks for is its ``Selection``: label and field selectors, and whether it
 wants metadata only (``PartialObjectMetadata``, whose events are taken for the resource's own).
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -70,9 +75,6 @@ from kubeapi.resources import Resource, object_key
 from kubeapi.rv import InvalidResourceVersion, parse_rv
 from kubeapi.types import JSONDict
 from kubeapi.validation import object_problem
-
-# The reflector's story is one logger, whichever module tells it (operators filter on it).
-log = logging.getLogger("cache.reflector")
 
 JSON = "application/json"
 # Metadata only, as client-go's metadata informers ask: the object form for watches, the list
@@ -101,6 +103,13 @@ class Random(Protocol):
 
 
 Clock = Callable[[], float]
+
+
+class Say(Protocol):
+    """Where the machine's news for the operator goes: a ``logging`` level and a line (``exc``: an
+    exception whose traceback goes with it). The I/O loop logs it (``cache.reflector.log_say``)."""
+
+    def __call__(self, level: int, message: str, exc: BaseException | None = None) -> None: ...
 # Told (RV it had, lower RV a list returned) when the upstream's RVs went back.
 RegressionHandler = Callable[[int, int], None]
 
@@ -124,6 +133,8 @@ class ReflectorSettings:
     stream_retry_after: float = 600.0
     # Every sync round after the first waits a random time below this (seconds) first.
     relist_jitter: float = 1.0
+    # While the apiserver keeps failing: "still retrying" at most this often (seconds).
+    retry_report_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +176,11 @@ class UpstreamState:
     # How the last sync was done ("stream" or "list"), and why streaming was last refused.
     sync_mode: str = ""
     stream_refused: str = ""
+    # While requests keep failing: since when (monotonic), how many in a row, and when the
+    # next attempt is due (monotonic); None and 0 once an answer came.
+    failing_since: float | None = None
+    failures: int = 0
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +234,7 @@ class ListWatch:
         on_regression: RegressionHandler | None = None,
         clock: Clock = time.monotonic,
         rng: Random = random,
+        say: Say,
     ) -> None:
         self.resource = resource
         self.sink = sink
@@ -226,6 +243,7 @@ class ListWatch:
         self.on_regression = on_regression
         self._clock = clock
         self._rng = rng
+        self._say = say
         # What the log lines call it: its reflector's name, and its field selector.
         self._name = (name or resource.plural) + (f" ({selection.field_selector})" if selection.field_selector else "")
         self._kinds = (resource.kind, PARTIAL) if selection.metadata_only else (resource.kind,)
@@ -250,6 +268,14 @@ class ListWatch:
         # The watch in progress: when it opened, and how many events it delivered.
         self._watch_opened_at = 0.0
         self._seen = 0
+        # Whether the sync round in progress has been announced; items of it skipped as malformed.
+        self._announced = False
+        self._skipped = 0
+        # The retry report: when a failure was last reported, failures since then not reported,
+        # and whether a report is waiting for its recovery line.
+        self._reported_at: float | None = None
+        self._unreported = 0
+        self._owe_recovery = False
         self.phase = Phase.LIST
         self._begin_sync()
 
@@ -268,10 +294,13 @@ class ListWatch:
             self._start_list()
             if self._rv_unavailable:
                 params = {"limit": str(s.page_size)}  # consistent: from etcd, so paged
+                self._announce("a consistent list (from etcd, paged)")
             elif not self.rv:
                 params = {"resourceVersion": "0", "limit": str(s.page_size)}  # the watch cache ignores limit
+                self._announce("a list at resourceVersion 0 (from the watch cache)")
             else:
                 params = {"resourceVersion": str(self.rv)}  # not older than: the watch cache, whole
+                self._announce(f"a list not older than resourceVersion {self.rv}")
             return ListPage({**self._selectors, **params}, accept)
         accept = PARTIAL_WATCH if self.selection.metadata_only else JSON
         timeout = self._rng.randint(s.watch_timeout_min, s.watch_timeout_max)
@@ -282,10 +311,23 @@ class ListWatch:
             params["resourceVersionMatch"] = "NotOlderThan"
             if self._stream_asked_rv:
                 params["resourceVersion"] = str(self.rv)
+            self._announce(f"a streaming list not older than resourceVersion {self.rv}" if self._stream_asked_rv
+                           else "a streaming list (consistent: from the latest)")
         else:
             params["resourceVersion"] = str(self.rv)
         params["timeoutSeconds"] = str(timeout)
         return Watch(params, accept, timeout + s.watch_deadline_margin)
+
+    def _announce(self, how: str) -> None:
+        """Say once per sync round how it syncs (a retry of the same round says nothing)."""
+        if not self._announced:
+            self._announced = True
+            self._say(logging.INFO, f"upstream {self._name}: syncing with {how}")
+
+    def next_attempt_in(self) -> float | None:
+        """Seconds until the next attempt while requests keep failing; None once an answer came."""
+        at = self.state.retry_at
+        return None if at is None else max(at - self._clock(), 0.0)
 
     def spread(self) -> None:
         """Wait a random part of ``relist_jitter`` before the next request (a wrapper restored
@@ -320,7 +362,7 @@ class ListWatch:
             if self._problem(item) is None:
                 self._listed += 1
             else:
-                log.warning("upstream %s: skipping malformed list item", self._name)
+                self._skipped += 1  # said once, when the list is whole
         self._pages.append(body)
         del doc
         token = meta.get("continue")
@@ -337,14 +379,20 @@ class ListWatch:
         self._continue = ""
         self._list_rv = 0
         self._listed = 0
+        self._skipped = 0
 
     def _synced(self, items: Iterable[JSONDict], count: int, rv: int, how: str) -> None:
         """A whole state at ``rv`` (a list, or a streaming list at its bookmark): to the sink, then watch."""
+        if self._skipped:
+            what = "initial event" if how == "stream" else "list item"
+            self._say(logging.WARNING, f"upstream {self._name}: skipped {self._skipped} malformed {what}"
+                      f"{'' if self._skipped == 1 else 's'}; took the rest")
+            self._skipped = 0
         if rv < self.rv:
             # A sync is never older than an RV the apiserver has already served: its RVs went back.
             # Every resource has to start over (RVs are one counter).
-            log.warning("upstream %s: synced at resourceVersion %d, below the %d already seen: the "
-                        "apiserver's state went back (etcd restore or rebuilt cluster?)", self._name, rv, self.rv)
+            self._say(logging.WARNING, f"upstream {self._name}: synced at resourceVersion {rv}, below the "
+                      f"{self.rv} already seen: the apiserver's state went back (etcd restore or rebuilt cluster?)")
             if self.on_regression is not None:
                 self.on_regression(self.rv, rv)
         self.sink.replace(self.resource, items, rv)
@@ -355,26 +403,26 @@ class ListWatch:
         st.streamed += how == "stream"
         st.sync_mode = how
         how_said = "a streaming list" if how == "stream" else "a list"
+        self._answered()
+        objects = f"{count} object{'' if count == 1 else 's'}"
         if st.synced_once:
             st.relists += 1
-            log.info("upstream %s: relisted %d objects at resourceVersion %d (%s)", self._name, count, rv, how_said)
+            self._say(logging.INFO, f"upstream {self._name}: relisted {objects} at resourceVersion {rv} "
+                      f"({how_said}); watching from there")
         else:
-            log.info("upstream %s: listed %d objects at resourceVersion %d (%s)", self._name, count, rv, how_said)
+            self._say(logging.INFO, f"upstream {self._name}: listed {objects} at resourceVersion {rv} "
+                      f"({how_said}); watching from there")
         st.synced_once = True
-        st.connected = True
-        st.last_error = ""
         self.phase = Phase.WATCH
 
     # ---- inputs: watching --------------------------------------------------------------------
 
     def watch_opened(self) -> None:
         """The watch asked for by the last ``Watch`` was answered 200; events follow."""
-        st = self.state
-        if not st.connected:
-            log.info("upstream %s: connected, %s from resourceVersion %d", self._name,
-                     "streaming" if self.phase is Phase.STREAM else "watching", self.rv)
-        st.connected = True
-        st.last_error = ""
+        doing = ("receiving the streaming list" if self.phase is Phase.STREAM
+                 else f"watching from resourceVersion {self.rv}")
+        if not self._answered(doing):
+            self._say(logging.DEBUG, f"upstream {self._name}: {doing}")
         self._watch_opened_at = self._clock()
         self._seen = 0
         self._initial = {}
@@ -446,8 +494,8 @@ class ListWatch:
             return self._stream_broken(f"a watch event of unknown type {type_!r:.64}")
         problem = self._problem(obj)
         if problem is not None:
-            # As a malformed list item: skipped, the rest is taken.
-            log.warning("upstream %s: skipping malformed initial event (%s)", self._name, problem)
+            # As a malformed list item: skipped, the rest is taken (said once, at the bookmark).
+            self._skipped += 1
             return True
         key = object_key(obj)
         if type_ == "DELETED":
@@ -472,9 +520,13 @@ class ListWatch:
             return
         if self._seen or self._clock() - self._watch_opened_at > VERY_SHORT_WATCH:
             self._backoff = self.settings.backoff_initial
+            self._say(logging.DEBUG, f"upstream {self._name}: the watch ended after {self._seen} events; "
+                      f"resuming from resourceVersion {self.rv}")
         else:
             # An empty, very short watch: don't spin.
             self._pause_for(0)
+            self._say(logging.DEBUG, f"upstream {self._name}: an empty watch ended at once; resuming from "
+                      f"resourceVersion {self.rv} in {duration(self._pause or 0.0)}")
 
     def _watch_error(self, err: ApiError) -> bool:
         if err.rejects_resource_version:
@@ -500,14 +552,14 @@ class ListWatch:
                 self._refuse_streaming(f"unreadable stream ({exc})", remember=False)
                 return
             # e.g. a watch line over the read buffer: the stream can't be trusted from here.
-            log.warning("upstream %s: unreadable watch stream (%s); relisting", self._name, exc)
+            self._say(logging.WARNING, f"upstream {self._name}: unreadable watch stream ({exc}); relisting")
             self._disconnected()
             self._relist()
         elif isinstance(exc, TransportError):
             self._lost(str(exc) or type(exc).__name__)
         else:
             # Never let one bad response end this resource's updates for good.
-            log.error("upstream %s: unexpected error; relisting", self._name, exc_info=exc)
+            self._say(logging.ERROR, f"upstream {self._name}: unexpected error; relisting", exc)
             self._disconnected()
             self._relist()
 
@@ -515,6 +567,7 @@ class ListWatch:
         """Sync next, consistently, and take whatever RV that has: another resource saw the RVs go back."""
         self.rv = 0
         self._rv_unavailable = True
+        self._say(logging.INFO, f"upstream {self._name}: relisting: the apiserver's resourceVersions went back")
         self._begin_sync()
 
     # ---- decisions -----------------------------------------------------------------------------
@@ -525,6 +578,7 @@ class ListWatch:
         stream = self.settings.streaming and (
             refused is None or self._clock() - refused >= self.settings.stream_retry_after)
         self.phase = Phase.STREAM if stream else Phase.LIST
+        self._announced = False
         self._start_list()
         self._initial = {}
 
@@ -532,8 +586,8 @@ class ListWatch:
         """A streaming list answered ``err`` (as an HTTP answer or an ERROR event)."""
         if err.rejects_resource_version and self._stream_asked_rv:
             # Like client-go: the RV asked for is unavailable; stream again without one.
-            log.info("upstream %s: resourceVersion %d not valid upstream (%s); streaming from the latest",
-                     self._name, self.rv, err.summary)
+            self._say(logging.INFO, f"upstream {self._name}: resourceVersion {self.rv} not valid upstream "
+                      f"({err.summary}); streaming from the latest")
             self._rv_unavailable = True
             return
         if err.code == 429 or err.status.get("code") == 429:
@@ -542,8 +596,9 @@ class ListWatch:
         # Anything else: not served here. client-go falls back to a list at once. An HTTP 5xx
         # may be passing (an apiserver starting), so only it is not remembered.
         transient = how.startswith("HTTP 5")
-        self._refuse_streaming(f"{how} {err.status.get('code') or err.code}: {err.summary or err}",
-                               remember=not transient)
+        said = how if how.startswith("HTTP") else f"{how} {err.status.get('code') or err.code}"
+        detail = err.summary or str(err)
+        self._refuse_streaming(detail if detail.startswith(said) else f"{said}: {detail}", remember=not transient)
 
     def _stream_broken(self, why: str) -> bool:
         """A streaming list answered with something that is not a watch stream (a server that
@@ -555,8 +610,11 @@ class ListWatch:
         """The apiserver does not serve this streaming list: list instead, now."""
         st = self.state
         if why != st.stream_refused:
-            log.warning("upstream %s: no streaming list (%s); falling back to a list%s", self._name, why,
-                        f" for {self.settings.stream_retry_after:g}s" if remember else "")
+            self._say(logging.WARNING, f"upstream {self._name}: no streaming list ({why}); falling back to a list"
+                      + (f" for {self.settings.stream_retry_after:g}s" if remember else ""))
+        else:
+            self._say(logging.INFO, f"upstream {self._name}: no streaming list ({why}); listing instead")
+        self._announced = True  # the line above says how this round syncs now
         st.stream_refused = why
         if remember:
             self._stream_refused_at = self._clock()
@@ -567,14 +625,15 @@ class ListWatch:
     def _expired(self, why: str, err: ApiError) -> None:
         """Our RV is not valid upstream: sync again. After a 410 the next sync still asks "not
         older than" it (client-go); an RV the apiserver has not reached is dropped."""
-        log.info("upstream %s: resourceVersion %d not valid upstream (%s); relisting", self._name, self.rv, why)
+        self._say(logging.INFO, f"upstream {self._name}: resourceVersion {self.rv} not valid upstream ({why}); "
+                  "relisting")
         if self.phase is not Phase.WATCH or err.too_large_resource_version:
             self._rv_unavailable = True
         self._relist()
 
     def _untrusted(self, why: str) -> bool:
         """An event we could not apply: the cache may have missed a change, so relist."""
-        log.warning("upstream %s: %s; relisting", self._name, why)
+        self._say(logging.WARNING, f"upstream {self._name}: {why}; relisting")
         self._relist()
         return False
 
@@ -598,8 +657,7 @@ class ListWatch:
     def _lost(self, msg: str, retry_after: float = 0.0) -> None:
         """No usable answer: back off (at least ``retry_after``) and retry where we were."""
         st = self.state
-        if st.connected or msg != st.last_error:
-            log.warning("upstream %s: connection lost or failed: %s", self._name, msg)
+        was_connected = st.connected
         self._disconnected()
         st.last_error = msg
         st.reconnects += 1
@@ -607,6 +665,54 @@ class ListWatch:
             self._start_list()  # a list starts over from its first page, a stream from its start
             self._initial = {}
         self._pause_for(retry_after)
+        now = self._clock()
+        wait = self._pause or 0.0
+        st.retry_at = now + wait
+        if st.failing_since is None:
+            st.failing_since, st.failures = now, 0
+        st.failures += 1
+        self._report_failure(now, wait, msg, was_connected)
+
+    def _report_failure(self, now: float, wait: float, msg: str, was_connected: bool) -> None:
+        """The retry report: the first failure at once, then "still retrying" at most once per
+        ``retry_report_interval``; the failures in between are counted, not said."""
+        last = self._reported_at
+        if last is not None and now - last < self.settings.retry_report_interval:
+            self._unreported += 1
+            return
+        st = self.state
+        unsaid = f"; {attempts(self._unreported)} more since the last report" if self._unreported else ""
+        if st.failures == 1:
+            what = "connection lost" if was_connected else "cannot sync" if not st.synced_once else "connection failed"
+            line = f"upstream {self._name}: {what}: {msg}; next attempt in {duration(wait)}{unsaid}"
+        else:
+            line = (f"upstream {self._name}: still retrying, last error: {msg}; next attempt in {duration(wait)} "
+                    f"({attempts(st.failures)} in {duration(now - (st.failing_since or now))}{unsaid})")
+        self._say(logging.WARNING, line)
+        self._reported_at = now
+        self._unreported = 0
+        self._owe_recovery = True
+
+    def _answered(self, doing: str = "") -> bool:
+        """The apiserver answered (a watch opened, or a sync completed): connected, the failures
+        over. Says so if it is news (the first connection, or the end of a reported failure);
+        True if it said something."""
+        st = self.state
+        was_connected, failures, since, last_error = st.connected, st.failures, st.failing_since, st.last_error
+        st.connected = True
+        st.last_error = ""
+        st.failing_since, st.failures, st.retry_at = None, 0, None
+        then = f", {doing}" if doing else ""
+        if self._owe_recovery:
+            self._owe_recovery = False
+            now = self._clock()
+            self._say(logging.INFO, f"upstream {self._name}: connected after {attempts(failures)} in "
+                      f"{duration(now - (since or now))} (last error: {last_error}){then}")
+            return True
+        if doing and not was_connected and not st.synced_once and not failures:
+            self._say(logging.INFO, f"upstream {self._name}: connected{then}")
+            return True
+        return False
 
     def _pause_for(self, at_least: float) -> None:
         # Full jitter keeps a fleet of edge nodes from reconnecting in lockstep.
@@ -623,6 +729,23 @@ class ListWatch:
             del obj["kind"]
             obj.pop("apiVersion", None)
         return object_problem(self.resource, obj)
+
+
+def attempts(count: int) -> str:
+    return f"{count} failed attempt{'' if count == 1 else 's'}"
+
+
+def duration(value: float) -> str:
+    """A duration for the log: hundredths below 1 s, tenths below 10 s, whole seconds up to 10 min,
+    then minutes and seconds."""
+    if value < 1:
+        return f"{max(value, 0.0):.2f}s"
+    if value < 10:
+        return f"{value:.1f}s"
+    if value < 600:
+        return f"{math.ceil(value)}s"
+    minutes, rest = divmod(math.ceil(value), 60)
+    return f"{minutes}m{rest:02d}s"
 
 
 def list_items(pages: list[bytes], resource: Resource, metadata_only: bool = False) -> Iterator[JSONDict]:

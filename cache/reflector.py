@@ -12,11 +12,15 @@ with the apiserver client and feeds the answers back:
   keepalive on the client's sockets finds a dead connection before that;
 - ``Sleep``: a back-off;
 - any error of a request or its stream: ``failed``.
+
+What the machine has to tell the operator it hands to ``say``; the loop logs it (``log_say``, the
+``cache.reflector`` logger, which every reflector's lines share).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -37,7 +41,16 @@ from cache.listwatch import (
 )
 from kubeapi.resources import Resource
 
-__all__ = ["Reflector", "ReflectorSettings", "RegressionHandler", "Selection", "Sink", "UpstreamState"]
+__all__ = ["Reflector", "ReflectorSettings", "RegressionHandler", "Selection", "Sink", "UpstreamState", "log_say"]
+
+# The reflectors' story is one logger, whichever resource tells it (operators filter on it).
+log = logging.getLogger("cache.reflector")
+
+
+def log_say(level: int, message: str, exc: BaseException | None = None) -> None:
+    """What a ``ListWatch`` machine says, logged (its ``say``)."""
+    log.log(level, "%s", message, exc_info=exc)
+
 
 # Told (reflector, RV it had, lower RV a list returned) when the upstream's RVs went back.
 RegressionHandler = Callable[["Reflector", int, int], None]
@@ -75,7 +88,7 @@ class Reflector:
         # Told of every failed request or stream (after the machine), e.g. to decide a mode on it.
         self._on_failed = on_failed
         self.machine = ListWatch(
-            resource, sink, self.settings, selection=selection, name=self.name, clock=clock,
+            resource, sink, self.settings, selection=selection, name=self.name, clock=clock, say=log_say,
             on_regression=None if on_regression is None else (lambda had, got: on_regression(self, had, got)),
         )
 

@@ -20,6 +20,7 @@ import orjson
 
 from cache.apiclient import ApiClient
 from cache.listwatch import Clock, ListPage, ListWatch, ReflectorSettings, Sink, Sleep, UpstreamState, Watch
+from cache.reflector import log_say
 from kubeapi.negotiation import PARTIAL, PARTIAL_LIST
 from kubeapi.resources import Resource
 
@@ -42,7 +43,7 @@ class Informer:
         self.label_selector = label_selector
         self.metadata_only = metadata_only
         self.settings = settings or ReflectorSettings()
-        self.machine = ListWatch(resource, sink, self.settings, clock=clock)
+        self.machine = ListWatch(resource, sink, self.settings, clock=clock, say=log_say)
 
     @property
     def state(self) -> UpstreamState:

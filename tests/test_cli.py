@@ -194,6 +194,18 @@ def test_bad_flag_values_are_refused_at_start(flag: str, value: str) -> None:
     assert proc.returncode == 2 and "usage:" in proc.stderr and flag in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--snapshot-interval", "-5", "'-5' must be a finite number greater than 0"),
+    ("--max-connections", "-3", "'-3' must be a finite number greater than 0"),
+    ("--snapshot-interval", "ten", "'ten' is not a number"),
+    ("--max-connections", "2.5", "'2.5' is not a whole number"),
+])
+def test_a_refused_flag_value_is_told_what_is_wrong_with_it(flag: str, value: str, says: str) -> None:
+    proc = run_cli(flag, value, "--hostname", "bj-1")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == f"application-grid-wrapper: error: argument {flag}: {says}", proc.stderr
+
+
 async def test_kubeconfig_env_is_honoured_when_no_flag_is_given_and_the_log_says_which(tmp_path: Path) -> None:
     from apisim.seeds import servicegrid_demo
     from apisim.server import Simulator

@@ -7,6 +7,7 @@ the ``state`` it publishes. Time and chance are injected.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from cache.listwatch import (
     Selection,
     Sleep,
     Watch,
+    duration,
 )
+from cache.reflector import log_say
 from kubeapi.resources import NODES, Resource
 from kubeapi.types import JSONDict
 from tests.support.fake_clock import FakeClock
@@ -69,20 +72,43 @@ class RecordingSink:
 
 
 @dataclass
+class Said:
+    """What the machine told the operator: (level, line) in order, and when (on ``clock``)."""
+
+    clock: FakeClock
+    lines: list[tuple[int, str]] = field(default_factory=list)
+    times: list[tuple[int, float]] = field(default_factory=list)
+
+    def __call__(self, level: int, message: str, exc: BaseException | None = None) -> None:
+        self.lines.append((level, message))
+        self.times.append((level, self.clock.now))
+
+    def at(self, level: int) -> list[str]:
+        return [line for lvl, line in self.lines if lvl == level]
+
+    def take(self) -> list[tuple[int, str]]:
+        """Everything said since the last take."""
+        out, self.lines = self.lines, []
+        return out
+
+
+@dataclass
 class Rig:
     machine: ListWatch
     sink: RecordingSink
     clock: FakeClock
     rng: FakeRandom
     regressions: list[tuple[int, int]]
+    said: Said
 
 
 def rig(frac: float = 1.0, settings: ReflectorSettings = SETTINGS) -> Rig:
     sink, clock, rng = RecordingSink(), FakeClock(), FakeRandom(frac)
+    said = Said(clock)
     regressions: list[tuple[int, int]] = []
-    m = ListWatch(NODES, sink, settings, clock=clock, rng=rng,
+    m = ListWatch(NODES, sink, settings, clock=clock, rng=rng, say=said,
                   on_regression=lambda had, got: regressions.append((had, got)))
-    return Rig(m, sink, clock, rng, regressions)
+    return Rig(m, sink, clock, rng, regressions, said)
 
 
 def node(name: str, rv: int, **extra: Any) -> dict[str, Any]:
@@ -153,7 +179,7 @@ def test_the_watch_resumes_from_the_list_rv_with_bookmarks_and_a_jittered_server
 
 
 def test_watch_timeout_seconds_stay_within_the_configured_range() -> None:
-    m = ListWatch(NODES, RecordingSink(), SETTINGS, clock=FakeClock(), rng=random.Random(13))
+    m = ListWatch(NODES, RecordingSink(), SETTINGS, clock=FakeClock(), say=log_say, rng=random.Random(13))
     m.next_action()
     m.list_page(page(1, "a"))
     seen = set()
@@ -439,7 +465,7 @@ def test_back_off_doubles_with_full_jitter_up_to_the_cap_and_resets_after_a_heal
 
 @pytest.mark.parametrize("seed", range(5))
 def test_back_off_sleeps_stay_within_their_jitter_bounds(seed: int) -> None:
-    m = ListWatch(NODES, RecordingSink(), SETTINGS, clock=FakeClock(), rng=random.Random(seed))
+    m = ListWatch(NODES, RecordingSink(), SETTINGS, clock=FakeClock(), say=log_say, rng=random.Random(seed))
     bound = SETTINGS.backoff_initial
     for _ in range(12):
         m.failed(TransportError("refused"))
@@ -532,6 +558,158 @@ def test_the_state_tracks_connection_and_events_on_the_injected_clock() -> None:
     next_request(r)
     r.machine.watch_opened()
     assert r.machine.state.connected and r.machine.state.last_error == ""
+
+
+# ---- what the operator is told: every change of state, and retries at a bounded rate ------------------------
+
+WARNING, INFO, DEBUG = 30, 20, 10
+
+
+def fail_until(r: Rig, until: float, error: Exception) -> int:
+    """Fail every attempt, each after the back-off the machine asked for, until the clock passes ``until``."""
+    failures = 0
+    while r.clock.now < until:
+        action = r.machine.next_action()
+        if isinstance(action, Sleep):
+            r.clock.advance(action.seconds)
+            continue
+        r.machine.failed(error)
+        failures += 1
+    return failures
+
+
+def test_an_unreachable_apiserver_is_said_once_then_still_retrying_once_a_minute_then_one_recovery_line() -> None:
+    r = rig()
+    refused = TransportError("cannot connect to the apiserver: connection refused")
+    assert r.said.take() == [], "nothing said before the first request"
+    r.machine.next_action()
+    assert r.said.take() == [(INFO, "upstream nodes: syncing with a list at resourceVersion 0 (from the watch cache)")]
+    r.machine.failed(refused)
+    assert r.said.take() == [(WARNING, "upstream nodes: cannot sync: cannot connect to the apiserver: connection "
+                                       "refused; next attempt in 0.50s")]
+    # Back-offs of at most 4 s: about fifteen more failures within the minute, none of them said.
+    fail_until(r, 1000.0 + 59.9, refused)
+    assert r.said.take() == []
+    # The first failure past the minute: still retrying, with the last error and the next attempt.
+    fail_until(r, 1000.0 + 60.0, refused)
+    r.machine.next_action()
+    r.clock.advance(4.0)
+    failed_before = r.machine.state.failures
+    r.machine.failed(TransportError("cannot connect to the apiserver: timed out"))
+    [(level, line)] = r.said.take()
+    assert level == WARNING
+    assert line.startswith("upstream nodes: still retrying, last error: cannot connect to the apiserver: timed out; "
+                           "next attempt in 4.0s (")
+    assert line.endswith(f"({failed_before + 1} failed attempts in {duration(r.clock.now - 1000.0)}; "
+                         f"{failed_before - 1} failed attempts more since the last report)")
+    # The apiserver answers: one line, with how long it took and what the last error was.
+    assert isinstance(next_request(r), ListPage)
+    r.machine.list_page(page(7, "a"))
+    said = r.said.take()
+    assert said[0][0] == INFO and said[0][1].startswith(f"upstream nodes: connected after {failed_before + 1} failed "
+                                                        "attempts in ")
+    assert said[0][1].endswith("(last error: cannot connect to the apiserver: timed out)")
+    assert said[1] == (INFO, "upstream nodes: listed 1 object at resourceVersion 7 (a list); watching from there")
+    assert len(said) == 2
+    r.machine.next_action()
+    r.machine.watch_opened()
+    assert r.said.at(INFO) == [] and r.said.at(WARNING) == []
+
+
+@pytest.mark.parametrize(("every", "minutes"), [(0.5, 3), (4.0, 10), (59.0, 10), (61.0, 10), (600.0, 60)])
+def test_failures_are_said_at_most_once_per_report_interval_however_often_they_come(every: float, minutes: int) -> None:
+    """A table of failure rates: the lines said stay within one per minute, and a failure is said
+    at once when none was said in the last minute."""
+    r = rig(settings=ReflectorSettings(page_size=2, backoff_initial=every, backoff_max=every, streaming=False,
+                                       relist_jitter=0.0))
+    r.machine.next_action()
+    r.said.take()
+    failures = fail_until(r, 1000.0 + minutes * 60, TransportError("refused"))
+    warnings = r.said.at(WARNING)
+    assert all("next attempt in" in w for w in warnings)
+    when = [t for level, t in r.said.times if level == WARNING]
+    assert when[0] == 1000.0, "the first failure is said at once"
+    gaps = [b - a for a, b in itertools.pairwise(when)]
+    assert all(gap >= 60.0 for gap in gaps), "at most once a minute"
+    assert all(gap < 60.0 + every + 1e-9 for gap in gaps), "the first failure past the minute is said"
+    if every >= 60:
+        assert len(warnings) == failures
+
+
+def test_the_state_names_the_last_error_the_failures_and_the_next_attempt_until_an_answer() -> None:
+    r = rig()
+    r.machine.next_action()
+    r.machine.failed(http_error(403, status(403, "Forbidden", "nodes is forbidden")))
+    st = r.machine.state
+    assert (st.failing_since, st.failures, st.retry_at) == (1000.0, 1, 1000.5)
+    assert "403" in st.last_error and "nodes is forbidden" in st.last_error
+    r.clock.advance(0.5)
+    next_request(r)
+    r.machine.failed(TransportError("reset"))
+    assert (st.failing_since, st.failures, st.retry_at, st.last_error) == (1000.0, 2, 1001.5, "reset")
+    next_request(r)
+    r.machine.list_page(page(3, "a"))
+    assert (st.failing_since, st.failures, st.retry_at, st.last_error, st.connected) == (None, 0, None, "", True)
+
+
+def test_a_lost_watch_is_said_with_its_error_and_its_recovery_once() -> None:
+    r = rig()
+    synced(r, 10)
+    r.said.take()
+    r.machine.failed(TransportError("connection reset by peer"))
+    assert r.said.take() == [(WARNING, "upstream nodes: connection lost: connection reset by peer; next attempt in "
+                                       "0.50s")]
+    next_request(r)
+    r.machine.watch_opened()
+    assert r.said.take() == [(INFO, "upstream nodes: connected after 1 failed attempt in 0.00s (last error: connection "
+                                    "reset by peer), watching from resourceVersion 10")]
+
+
+def test_a_flapping_connection_is_said_once_a_minute_with_the_count_of_the_rest() -> None:
+    r = rig()
+    synced(r, 10)
+    r.said.take()
+    for _ in range(20):  # lost and back every two seconds
+        r.machine.failed(TransportError("reset"))
+        r.clock.advance(2.0)
+        next_request(r)
+        r.machine.watch_opened()
+    said = r.said.take()
+    assert [level for level, _ in said if level >= INFO] == [WARNING, INFO], said
+    r.clock.advance(30.0)
+    r.machine.failed(TransportError("reset"))
+    [(level, line)] = r.said.take()
+    assert level == WARNING and line.startswith("upstream nodes: connection lost: reset; next attempt in ")
+    assert line.endswith("; 19 failed attempts more since the last report")
+
+
+def test_every_sync_round_is_said_once_however_often_its_requests_fail() -> None:
+    r = stream_rig()
+    r.machine.next_action()
+    r.machine.failed(TransportError("refused"))
+    next_request(r)
+    r.machine.failed(TransportError("refused"))
+    next_request(r)
+    infos = r.said.at(INFO)
+    assert infos == ["upstream nodes: syncing with a streaming list (consistent: from the latest)"]
+    r.machine.watch_opened()
+    r.machine.event(bookmark(7, end=True))
+    r.machine.event({"type": "ERROR", "object": status(410, "Expired", "too old")})
+    next_request(r)
+    assert r.said.at(INFO)[-3:] == [
+        "upstream nodes: listed 0 objects at resourceVersion 7 (a streaming list); watching from there",
+        "upstream nodes: resourceVersion 7 not valid upstream (watch ERROR 410: too old); relisting",
+        "upstream nodes: syncing with a streaming list not older than resourceVersion 7",
+    ]
+
+
+def test_malformed_list_items_are_said_once_per_list_not_once_per_item() -> None:
+    r = rig()
+    r.machine.next_action()
+    body = orjson.dumps({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "5"},
+                         "items": [node("a", 5), *({"metadata": {"name": 7}} for _ in range(50))]})
+    r.machine.list_page(body)
+    assert r.said.at(WARNING) == ["upstream nodes: skipped 50 malformed list items; took the rest"]
 
 
 # ---- streaming lists (client-go's watchList) and their fallbacks ---------------------------------------------
@@ -757,7 +935,7 @@ def test_streaming_off_lists_first() -> None:
 
 def test_a_selection_goes_with_every_request() -> None:
     sel = Selection(label_selector="a=b", field_selector="metadata.name=bj-1")
-    m = ListWatch(NODES, RecordingSink(), SETTINGS, selection=sel, clock=FakeClock(), rng=FakeRandom())
+    m = ListWatch(NODES, RecordingSink(), SETTINGS, selection=sel, clock=FakeClock(), say=log_say, rng=FakeRandom())
     sel_params = {"labelSelector": "a=b", "fieldSelector": "metadata.name=bj-1"}
     assert m.next_action() == ListPage({**sel_params, "resourceVersion": "0", "limit": "2"})
     m.list_page(page(7, "bj-1", token="t"))
@@ -765,7 +943,8 @@ def test_a_selection_goes_with_every_request() -> None:
     m.list_page(page(7))
     action = m.next_action()
     assert isinstance(action, Watch) and action.params.items() >= sel_params.items()
-    streaming = ListWatch(NODES, RecordingSink(), STREAMING, selection=sel, clock=FakeClock(), rng=FakeRandom())
+    streaming = ListWatch(NODES, RecordingSink(), STREAMING, selection=sel, clock=FakeClock(), say=log_say,
+                          rng=FakeRandom())
     action = streaming.next_action()
     assert isinstance(action, Watch) and action.params.items() >= sel_params.items()
 
@@ -777,7 +956,8 @@ def partial(name: str, rv: int) -> dict[str, Any]:
 
 def test_metadata_only_asks_for_partial_object_metadata_and_takes_it_as_the_resource() -> None:
     sink = RecordingSink()
-    m = ListWatch(NODES, sink, SETTINGS, selection=Selection(metadata_only=True), clock=FakeClock(), rng=FakeRandom())
+    m = ListWatch(NODES, sink, SETTINGS, selection=Selection(metadata_only=True), clock=FakeClock(), say=log_say,
+                  rng=FakeRandom())
     action = m.next_action()
     assert isinstance(action, ListPage) and action.accept.startswith(
         "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")
@@ -797,7 +977,8 @@ def test_metadata_only_asks_for_partial_object_metadata_and_takes_it_as_the_reso
 
 def test_metadata_only_streaming_lists_take_partial_objects_and_an_empty_list_is_null_items() -> None:
     sink = RecordingSink()
-    m = ListWatch(NODES, sink, STREAMING, selection=Selection(metadata_only=True), clock=FakeClock(), rng=FakeRandom())
+    m = ListWatch(NODES, sink, STREAMING, selection=Selection(metadata_only=True), clock=FakeClock(), say=log_say,
+                  rng=FakeRandom())
     m.next_action()
     m.watch_opened()
     m.event({"type": "ADDED", "object": partial("a", 4)})
@@ -805,7 +986,7 @@ def test_metadata_only_streaming_lists_take_partial_objects_and_an_empty_list_is
         "resourceVersion": "5", "annotations": {"k8s.io/initial-events-end": "true"}}}})
     assert sink.calls == [("replace", ["a"], 5)]
     empty = ListWatch(NODES, RecordingSink(), SETTINGS, selection=Selection(metadata_only=True), clock=FakeClock(),
-                      rng=FakeRandom())
+                      say=log_say, rng=FakeRandom())
     empty.next_action()
     empty.list_page(b'{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1",'
                     b'"metadata":{"resourceVersion":"3"},"items":null}')
@@ -818,12 +999,12 @@ def test_metadata_only_streaming_lists_take_partial_objects_and_an_empty_list_is
 def test_every_relist_waits_a_random_part_of_the_jitter_window_and_the_first_sync_only_when_asked() -> None:
     jittered = ReflectorSettings(page_size=2, backoff_initial=0.5, streaming=False, relist_jitter=8.0)
     sink, clock, rng = RecordingSink(), FakeClock(), FakeRandom(0.75)
-    m = ListWatch(NODES, sink, jittered, clock=clock, rng=rng)
+    m = ListWatch(NODES, sink, jittered, clock=clock, say=log_say, rng=rng)
     assert isinstance(m.next_action(), ListPage), "a wrapper with nothing to serve syncs at once"
     m.list_page(page(10, "a"))
     m.failed(http_error(410, status(410, "Expired", "too old")))
     assert m.next_action() == Sleep(6.0) and (0.0, 8.0) in rng.uniforms
-    restored = ListWatch(NODES, RecordingSink(), jittered, clock=clock, rng=FakeRandom(0.5))
+    restored = ListWatch(NODES, RecordingSink(), jittered, clock=clock, say=log_say, rng=FakeRandom(0.5))
     restored.spread()
     assert restored.next_action() == Sleep(4.0), "a wrapper that already serves a snapshot spreads its first sync"
     # A lost connection is not a relist: the watch resumes after its back-off alone.

@@ -531,7 +531,7 @@ async def test_upstream_items_failing_the_shared_validator_are_skipped_and_a_bad
             assert (await get_text(w.url + "/readyz"))[0] == 200
     finally:
         await fake.stop()
-    skipped = [r.getMessage() for r in caplog.records if "skipping malformed list item" in r.getMessage()]
+    skipped = [r.getMessage() for r in caplog.records if "malformed list item" in r.getMessage()]
     # node-labels: the node topology feed's metadata-only watch of every Node (this fake has no buckets).
     assert {m.split()[1].rstrip(":") for m in skipped} == {"nodes", "node-labels", "services", "endpointslices"}
     assert any("relisting" in r.getMessage() and "nodes" in r.getMessage() for r in caplog.records)

@@ -60,6 +60,8 @@ class ReadyCheck:
 
 
 ReadyChecks = Callable[[], Sequence[ReadyCheck]]
+# /readyz?verbose: what to add to a view's line (by plural, and whether it has synced); "" for nothing.
+UpstreamNotes = Callable[[str, bool], str]
 
 VIEWS = web.AppKey("views", Mapping[str, ViewReader])
 REGISTRY = web.AppKey("watch_registry", WatchRegistry)
@@ -89,8 +91,10 @@ class Front:
         authorizer: ClientAuthorizer | None = None,
         checks: ReadyChecks | None = None,
         demand: Demand | None = None,
+        notes: UpstreamNotes | None = None,
     ) -> None:
         self.authorizer = authorizer
+        self.notes = notes
         self.demand = demand
         self.views = views
         self.ready = ready
@@ -118,7 +122,7 @@ class Front:
         if path in ("/healthz", "/livez"):
             return web.Response(text="ok")
         if path == "/readyz":
-            return self._readyz()
+            return self._readyz(verbose="verbose" in request.query)
         rp = match_path(path)
         view = self.views.get(rp.resource.plural) if rp is not None and rp.subresource is None else None
         if rp is not None and view is not None and request.method in ("GET", "HEAD"):
@@ -156,15 +160,19 @@ class Front:
                 return await serve_watch(request, view, opts, self.settings, rp.namespace, self.registry, form)
         return await serve_list(request, view, opts, self.settings, rp.namespace, self.list_bodies, form)
 
-    def _readyz(self) -> web.Response:
+    def _readyz(self, verbose: bool = False) -> web.Response:
+        """One ``[+]``/``[-]`` line per check. ``?verbose`` adds, as the apiserver's verbose
+        checks do, why a cache is not synced (the upstream's last error and the next attempt), or
+        that a synced one is served while its upstream is lost."""
         lines = []
         for name, v in self.views.items():
+            note = self.notes(name, v.synced) if verbose and self.notes is not None else ""
             if v.synced:
-                lines.append(f"[+]cache-{name} ok")
+                lines.append(f"[+]cache-{name} ok" + (f" (upstream lost: {note})" if note else ""))
             elif self.demand is not None and self.demand.lazy(v.resource):
                 lines.append(f"[+]cache-{name} not synced: watched only while clients read it")
             else:
-                lines.append(f"[-]cache-{name} not synced")
+                lines.append(f"[-]cache-{name} not synced" + (f": {note}" if note else ""))
         checks = self.checks() if self.checks is not None else ()
         lines.extend(f"[{'+' if c.ok else '-'}]{c.name} {c.detail}" for c in checks)
         ok = self.ready() and all(c.ok for c in checks)
@@ -219,8 +227,9 @@ def build_app(
     client_max_size: int = 3 << 20,
     checks: ReadyChecks | None = None,
     demand: Demand | None = None,
+    notes: UpstreamNotes | None = None,
 ) -> web.Application:
-    front = Front(views, ready, upstream, settings or ServeSettings(), registry, authorizer, checks, demand)
+    front = Front(views, ready, upstream, settings or ServeSettings(), registry, authorizer, checks, demand, notes)
     app = web.Application(middlewares=[*middlewares, _no_tracebacks], client_max_size=client_max_size,
                           handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[VIEWS] = views

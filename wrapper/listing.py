@@ -8,6 +8,7 @@ changes are joined (and gzipped) once per version.
 from __future__ import annotations
 
 import gzip
+import time
 from collections.abc import Hashable, Iterable
 
 import orjson
@@ -18,6 +19,7 @@ from kubeapi import partial, status, tables
 from kubeapi.listoptions import ListOptions
 from kubeapi.negotiation import AS_IS, PARTIAL, PARTIAL_LIST, Target, accepts_gzip
 from kubeapi.types import JSONDict
+from wrapper import requestlog
 from wrapper.responses import json_response
 from wrapper.serving import Predicate, ServeSettings, ensure_rv, predicate, wait_synced
 
@@ -114,6 +116,7 @@ async def serve_list(
     request: web.Request, view: ViewReader, opts: ListOptions, settings: ServeSettings, namespace: str | None,
     bodies: ListBodies, target: Target = AS_IS,
 ) -> web.StreamResponse:
+    started = time.perf_counter()
     await wait_synced(view, settings)
     await _check_list_rv(view, opts, settings)
     pred = predicate(opts)
@@ -123,11 +126,19 @@ async def serve_list(
             view.resource, [e.obj for e in entries], list_rv=str(view.rv),
             include_object=request.query.get("includeObject", "Metadata"), api_version=target.api_version,
         )
-        return json_response(orjson.dumps(doc))
+        table = orjson.dumps(doc)
+        if requestlog.enabled():
+            requestlog.log.debug("list %s: a Table of %d rows, %d bytes at resourceVersion %d, %.2f ms",
+                                 requestlog.described(request), len(entries), len(table), view.rv,
+                                 (time.perf_counter() - started) * 1000)
+        return json_response(table)
     if target.kind == PARTIAL:
         raise partial.list_is_not_an_object(view.resource)
     gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding"))
     body, gzipped = bodies.body(view, namespace, opts, pred, gzip_ok, target)
+    if requestlog.enabled():
+        requestlog.log.debug("list %s: %d bytes%s at resourceVersion %d, %.2f ms", requestlog.described(request),
+                             len(body), " gzipped" if gzipped else "", view.rv, (time.perf_counter() - started) * 1000)
     resp = json_response(body)
     if gzipped:
         resp.headers["Content-Encoding"] = "gzip"

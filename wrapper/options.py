@@ -51,15 +51,19 @@ def parse_address(value: str) -> tuple[str, int]:
 def positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     """An argparse type: a finite number greater than 0, in ASCII digits (an int, or a plain decimal)."""
 
-    def parse(value: str) -> float:
-        number: float | None
+    def number_of(value: str) -> float | None:
         if kind is int:
             try:
-                number = parse_uint(value)
+                return parse_uint(value)
             except NumError:
-                number = None
-        else:
-            number = parse_decimal(value)
+                return None
+        return parse_decimal(value)
+
+    def parse(value: str) -> float:
+        number = number_of(value)
+        if number is None and value.startswith("-") and number_of(value[1:]) is not None:
+            # A negative number is a number: say what is wrong with it.
+            raise argparse.ArgumentTypeError(f"{value!r} must be a finite number greater than 0")
         if number is None:
             raise argparse.ArgumentTypeError(f"{value!r} is not a {'whole ' if kind is int else ''}number")
         if not (number > 0 and math.isfinite(number)):

@@ -23,6 +23,7 @@ from kubeapi import partial, status, tables
 from kubeapi.listoptions import ListOptions
 from kubeapi.negotiation import AS_IS, PARTIAL_LIST, Target
 from kubeapi.status import StatusError
+from wrapper import requestlog
 from wrapper.failures import failures_of
 from wrapper.responses import JSON
 from wrapper.serving import ServeSettings, ensure_rv, predicate, wait_synced
@@ -92,7 +93,8 @@ class WatchSession:
         registry.open_watch(task, resp, info)
         shared = registry.join(view, self.selection) if self.selection is not None else None
         self.writer = EventWriter(view, predicate(self.opts), self.namespace, self.target, shared)
-        log.debug("watch start %s from %s", request.path_qs, request.remote)
+        if requestlog.enabled():
+            requestlog.log.debug("watch %s: started at resourceVersion %d", requestlog.described(request), view.rv)
         try:
             await self._stream()
             # The chunked body's end is a write too: a client that stopped reading must not pin
@@ -120,7 +122,9 @@ class WatchSession:
             registry.close_watch(task, info)
             if self.selection is not None:
                 registry.leave(self.view, self.selection)
-            log.debug("watch end %s: %d events in %.1fs", request.path_qs, info.events_out, time.time() - info.started)
+            if requestlog.enabled():
+                requestlog.log.debug("watch %s: ended after %d events sent in %.1fs", requestlog.described(request),
+                                     info.events_out, time.time() - info.started)
         return resp
 
     async def _stream(self) -> None:
