@@ -61,3 +61,8 @@ def render(rows: Sequence[Row]) -> str:
 
 def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
+
+
+def go_typical(lo: float, hi: float) -> float:
+    """The middle of one of the Go original's ranges (``bench.run.GO_ORIGINAL``): its typical run."""
+    return round((lo + hi) / 2, 3)

@@ -88,9 +88,10 @@ def run_result(ready: float, rss: float) -> dict[str, Any]:
 
 
 def test_ranges_over_runs_mark_a_row_met_in_some_runs_only_as_flipping() -> None:
-    rows = {r.metric: r for r in range_rows([run_result(0.25, 90.0), run_result(0.35, 95.0), run_result(0.28, 98.0)])}
+    # The Go original's typical time to ready is 0.5 s (the middle of 0.3-0.7 s): met twice, missed once.
+    rows = {r.metric: r for r in range_rows([run_result(0.45, 90.0), run_result(0.55, 95.0), run_result(0.48, 98.0)])}
     ready = rows["time to ready"]
-    assert ready.value == "0.250 s - 0.350 s" and ready.baseline == "median 0.280 s"
+    assert ready.value == "0.450 s - 0.550 s" and ready.baseline == "median 0.480 s"
     assert ready.verdict == "FLIPS (2/3 met)"
     assert rows["RSS at ready"].verdict == "met"
     assert rows["empty-cluster RSS"].verdict == ""

@@ -26,7 +26,7 @@ from tests.test_watch_memory import GROWTH_BOUND_KB, HWM_BOUND_KB
 
 ROOT = Path(__file__).resolve().parent.parent
 # (file, heading): the sections whose figures are the benchmark's output.
-BENCHMARK_OWNED = [("README.md", "## Benchmark")]
+BENCHMARK_OWNED = [("README.md", "## Benchmark"), ("docs/deploy.md", "## Capacity planning")]
 # Megabyte-scale sizes, as prose writes them (173 MB, 1.3 GB, 32 MiB) and as Kubernetes does (512Mi).
 FIGURE = re.compile(r"\b\d[\d,.]*\s?(?:[MG]B|[MG]iB|[MG]i)\b")
 DAEMONSET = ROOT / "manifests" / "daemonset.yaml"

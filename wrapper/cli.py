@@ -17,8 +17,6 @@ from pathlib import Path
 import uvloop
 
 from cache.apiclient import ApiClient, ConfigError
-from publisher import cli as publisher_cli
-from publisher import options as publisher_options
 from wrapper.compose import StartupError, client_authorizer, start_wrapper, stop_wrapper, tls_context, wait_for_signal
 from wrapper.logs import configure_logging
 from wrapper.options import (
@@ -77,23 +75,29 @@ async def serve_main(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    refusals: tuple[type[Exception], ...] = (StartupError,)
     if argv[:1] == ["demo"]:
         args = build_demo_parser().parse_args(argv[1:])
         from wrapper.demo import demo_main
 
         coro = demo_main(args)
     elif argv[:1] == ["publish-topology"]:
+        # Imported here: the wrapper on every node starts without the publisher's code (time to ready).
+        from publisher import cli as publisher_cli
+        from publisher import options as publisher_options
+
         args = publisher_options.build_parser().parse_args(argv[1:])
         coro = publisher_cli.publish_main(args)
+        refusals = (StartupError, publisher_cli.StartupError)
     else:
         args = build_parser().parse_args(argv)
         coro = serve_main(args)
     configure_logging(args.log_level, args.log_format)
     try:
         uvloop.run(coro)
-    except (StartupError, publisher_cli.StartupError) as exc:
+    except refusals as exc:
         print(f"application-grid-wrapper: {exc}", file=sys.stderr)
-        return exc.code
+        return getattr(exc, "code", 1)
     except KeyboardInterrupt:
         pass
     return 0
