@@ -21,7 +21,8 @@ from cache.cluster import ClusterCache
 from cache.reflector import Reflector, ReflectorSettings
 from kubeapi.resources import SERVICES
 from tests.support.fake_clock import FakeClock
-from tests.support.faultkit import free_port, get_json, get_text, running_wrapper
+from tests.support.faultkit import get_json, get_text, running_wrapper
+from tests.support.ports import restartable_port
 from tests.support.stack import running_simulator, wait_ready
 from tests.support.waiting import eventually
 
@@ -37,7 +38,7 @@ async def test_an_unreachable_apiserver_is_said_once_then_still_retrying_at_a_bo
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="cache.reflector")
-    port = free_port()
+    port = restartable_port()
     clock = FakeClock()
     sim = Simulator()
     sim.load(servicegrid_demo())
@@ -102,7 +103,7 @@ async def test_an_apiserver_that_keeps_refusing_is_said_once_with_its_answer(cap
 async def test_readyz_verbose_names_each_caches_last_error_and_next_attempt(how: str) -> None:
     sim = Simulator()
     sim.load(servicegrid_demo())
-    port = free_port()
+    port = restartable_port()
     if how == "forbidden":
         sim.faults.fail_next(10_000, 403, "endpointslices.discovery.k8s.io is forbidden")
         await sim.start("127.0.0.1", port)
@@ -151,7 +152,7 @@ async def test_readyz_verbose_names_each_caches_last_error_and_next_attempt(how:
 async def test_readyz_verbose_says_a_synced_cache_is_served_while_its_upstream_is_lost() -> None:
     sim = Simulator()
     sim.load(servicegrid_demo())
-    port = free_port()
+    port = restartable_port()
     await sim.start("127.0.0.1", port)
     try:
         async with running_wrapper(f"http://127.0.0.1:{port}") as w:

@@ -19,6 +19,7 @@ from apisim.server import Simulator
 from cache.apiclient import ApiClient
 from cache.reflector import ReflectorSettings
 from kubeapi.resources import ALL
+from tests.support.ports import restartable_port
 from tests.support.waiting import eventually
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 from wrapper.serving import ServeSettings
@@ -32,8 +33,8 @@ class Stack:
 
 @asynccontextmanager
 async def running_simulator(sim: Simulator) -> AsyncIterator[Simulator]:
-    """``sim`` serving on a free 127.0.0.1 port for the block's duration."""
-    await sim.start("127.0.0.1", 0)
+    """``sim`` serving on a free 127.0.0.1 port for the block's duration (one it can be restarted on)."""
+    await sim.start("127.0.0.1", restartable_port())
     try:
         yield sim
     finally:
@@ -52,7 +53,7 @@ async def stack(seed: SeedList, *, node: str = "bj-1", sim_bookmarks: float = 0.
     """Start a simulator loaded with ``seed`` and a synced wrapper for ``node`` in front of it."""
     sim = Simulator(bookmark_interval=sim_bookmarks, history_limit=history_limit, too_large_wait=sim_too_large_wait)
     sim.load(seed)
-    await sim.start("127.0.0.1", 0)
+    await sim.start("127.0.0.1", restartable_port())
     running: Running | None = None
     client = ApiClient(sim.url)
     try:
