@@ -174,9 +174,11 @@ class Indexer(Generic[F]):
 
 # ---- the cache's declared indexes ----------------------------------------------------------
 
-BY_LABEL_READ = "label"  # Services by a node label key their policies read
-BY_PRESENCE_READ = "presence"  # Services whose policies read which nodes exist (one value: "")
-BY_LOCAL_LABEL_READ = "local-label"  # Services by a label key of the local node their policies read
+BY_LABEL_READ = "label"  # Services by a node label key their policies read (any filter's)
+# Per filter (values made by ``filed_under``), for the filters' own account of a Node change:
+BY_FILTER_LABEL_READ = "filter-label"  # Services by (filter, a node label key its policy reads)
+BY_FILTER_PRESENCE_READ = "filter-presence"  # Services by a filter whose policy reads which nodes exist
+BY_FILTER_LOCAL_LABEL_READ = "filter-local-label"  # by (filter, a local node label key its policy reads)
 BY_SERVICE = "service"  # EndpointSlices by their Service
 BY_NODE = "node"  # Services by the nodes of their EndpointSlices' and Endpoints' endpoints
 
@@ -212,9 +214,19 @@ def service_indexes() -> dict[str, Index[Policies]]:
     """A Service is filed under what its policies read about Nodes."""
     return {
         BY_LABEL_READ: KeysIndex(lambda p: p.reads.label_keys),
-        BY_PRESENCE_READ: KeysIndex(lambda p: ("",) if p.reads.node_presence else ()),
-        BY_LOCAL_LABEL_READ: KeysIndex(lambda p: p.reads.local_labels),
+        BY_FILTER_LABEL_READ: KeysIndex(lambda p: [filed_under(name, key) for name, reads in p.reads_by_filter
+                                                   for key in reads.label_keys]),
+        BY_FILTER_PRESENCE_READ: KeysIndex(lambda p: [name for name, reads in p.reads_by_filter
+                                                      if reads.node_presence]),
+        BY_FILTER_LOCAL_LABEL_READ: KeysIndex(lambda p: [filed_under(name, key) for name, reads in p.reads_by_filter
+                                                         for key in reads.local_labels]),
     }
+
+
+def filed_under(reader: str, key: str) -> str:
+    """The value a Service is filed under when the policy of filter ``reader`` reads ``key``
+    (a filter's name has no NUL, so the pair is unambiguous)."""
+    return f"{reader}\x00{key}"
 
 
 def reference_indexes() -> tuple[dict[str, Index[Refs]], dict[str, Index[Refs]]]:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Set
 
-from cache.indexes import BY_LABEL_READ, BY_LOCAL_LABEL_READ, BY_NODE, BY_PRESENCE_READ, Refs
+from cache.indexes import (
+    BY_FILTER_LABEL_READ,
+    BY_FILTER_LOCAL_LABEL_READ,
+    BY_FILTER_PRESENCE_READ,
+    BY_NODE,
+    Refs,
+    filed_under,
+)
 from cache.store import Store
 from filters.api import NodeChange
 from filters.pipeline import Pipeline, Policies
@@ -60,14 +67,14 @@ class Planner:
     def local_node(self) -> str:
         return self._local_node
 
-    def services_reading_label(self, key: str) -> Set[str]:
-        return self._services.index.get(BY_LABEL_READ, key)
+    def services_reading_label(self, reader: str, key: str) -> Set[str]:
+        return self._services.index.get(BY_FILTER_LABEL_READ, filed_under(reader, key))
 
-    def services_reading_presence(self) -> Set[str]:
-        return self._services.index.get(BY_PRESENCE_READ, "")
+    def services_reading_presence(self, reader: str) -> Set[str]:
+        return self._services.index.get(BY_FILTER_PRESENCE_READ, reader)
 
-    def services_reading_local_label(self, key: str) -> Set[str]:
-        return self._services.index.get(BY_LOCAL_LABEL_READ, key)
+    def services_reading_local_label(self, reader: str, key: str) -> Set[str]:
+        return self._services.index.get(BY_FILTER_LOCAL_LABEL_READ, filed_under(reader, key))
 
     def services_on_node(self, node: str) -> Set[str]:
         # One index, shared by the slices' and the Endpoints' stores.

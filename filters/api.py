@@ -96,17 +96,20 @@ class NodeChange:
 class NodeIndex(Protocol):
     """The lookups the cache answers for ``Filter.affected`` (its planner implements them).
 
-    "Reading" means a Service's policies declared it in their ``Reads``, whichever filter did.
+    "Reading" means that the Service's policy of the filter named ``reader`` declared it in its
+    ``Reads``: each filter asks about its own policies only, so one filter's reads never widen
+    another's re-filters (a NodePort policy reading the pool label must not make every Service
+    whose topology policy reads some label a reader of it).
     """
 
     @property
     def local_node(self) -> str: ...
 
-    def services_reading_label(self, key: str) -> Set[str]: ...
+    def services_reading_label(self, reader: str, key: str) -> Set[str]: ...
 
-    def services_reading_presence(self) -> Set[str]: ...
+    def services_reading_presence(self, reader: str) -> Set[str]: ...
 
-    def services_reading_local_label(self, key: str) -> Set[str]: ...
+    def services_reading_local_label(self, reader: str, key: str) -> Set[str]: ...
 
     def services_on_node(self, node: str) -> Set[str]:
         """Services with an endpoint (in an EndpointSlice or Endpoints) on ``node``."""
@@ -117,15 +120,16 @@ class NodeIndex(Protocol):
         ...
 
 
-def readers(change: NodeChange, index: NodeIndex) -> set[str]:
-    """Every Service whose declared reads ``change`` touches: ``Filter.affected``'s safe default."""
+def readers(change: NodeChange, index: NodeIndex, reader: str) -> set[str]:
+    """Every Service whose policy of the filter ``reader`` declares reads that ``change`` touches:
+    ``Filter.affected``'s safe default."""
     out: set[str] = set()
     for key in change.changed_labels:
-        out.update(index.services_reading_label(key))
+        out.update(index.services_reading_label(reader, key))
         if change.local:
-            out.update(index.services_reading_local_label(key))
+            out.update(index.services_reading_local_label(reader, key))
     if change.presence:
-        out.update(index.services_reading_presence())
+        out.update(index.services_reading_presence(reader))
     return out
 
 
@@ -165,7 +169,7 @@ class Filter(abc.ABC, Generic[P]):
     def affected(self, change: NodeChange, index: NodeIndex) -> set[str]:
         """Services whose served objects ``change`` can alter; a superset is safe (unchanged
         objects make no event), a subset is a bug."""
-        return readers(change, index)
+        return readers(change, index, self.name)
 
     def serve_service(self, policy: P, service: JSONDict, ctx: TopologyContext) -> JSONDict | None:
         return service

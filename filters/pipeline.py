@@ -80,13 +80,15 @@ class Policies:
 
     ``applied``: (filter, policy) for each filter involved; ``malformed``: (filter, what was
     wrong) for each filter whose annotation is unusable (that filter then leaves the Service
-    alone); ``reads`` and ``acts_on``: the union over ``applied``.
+    alone); ``reads`` and ``acts_on``: the union over ``applied``; ``reads_by_filter``: (filter
+    name, its reads) for each applied filter that reads something about Nodes.
     """
 
     applied: tuple[tuple[Filter[Any], Any], ...] = ()
     malformed: tuple[tuple[Filter[Any], Malformed], ...] = ()
     reads: Reads = NO_READS
     acts_on: frozenset[Resource] = frozenset()
+    reads_by_filter: tuple[tuple[str, Reads], ...] = ()
 
     def touches(self, resource: Resource) -> bool:
         """Whether some filter may serve this Service's objects of ``resource`` otherwise than stored."""
@@ -128,10 +130,14 @@ class Pipeline:
         interned = self._interned.get(key)
         if interned is None:
             reads, acts_on = NO_READS, frozenset[Resource]()
+            by_filter: list[tuple[str, Reads]] = []
             for f, policy in applied:
-                reads |= f.reads(policy)
+                own = f.reads(policy)
+                if own != NO_READS:
+                    by_filter.append((f.name, own))
+                reads |= own
                 acts_on |= f.acts_on
-            interned = self._interned[key] = Policies(key[0], key[1], reads, acts_on)
+            interned = self._interned[key] = Policies(key[0], key[1], reads, acts_on, tuple(by_filter))
         return interned
 
     def affected_by_node_change(self, change: NodeChange, index: NodeIndex) -> set[str]:

@@ -403,7 +403,7 @@ class TopologyFilter(Filter[TopologyKeys]):
         return Reads(label_keys=policy.label_keys, node_presence=bool(policy.keys))
 
     def affected(self, change: NodeChange, index: NodeIndex) -> set[str]:
-        services = readers(change, index)
+        services = readers(change, index, self.name)
         if not services:
             return services
         if not change.local:

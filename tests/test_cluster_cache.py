@@ -7,9 +7,11 @@ with endpoints on it; the local node's only those with endpoints in the old or n
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,3 +90,25 @@ def test_local_and_remote_relabels_refilter_exactly_what_changed(
         apply(sim, ("relabel", name, labels))
         state = feed(cache, state, sim)
         assert_matches_oracle(cache, sim)
+
+
+def test_a_local_relabel_re_filters_only_the_services_near_the_old_or_new_domain_with_every_filter_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The default pipeline runs the NodePort filter beside topology: a Service it has no policy
+    # for must not become a reader of "location" through the topology filter's reads.
+    def ep(ip: str, node: str) -> dict[str, Any]:
+        return {"addresses": [ip], "nodeName": node, "conditions": {"ready": True}}
+
+    nodes = {LOCAL: {"location": "a"}, "n1": {"location": "a"}, "n2": {"location": "b"}, "n3": {"location": "c"}}
+    topology = {"topologyKeys": '["location"]'}
+    services = [
+        ServiceSpec("near", topology, [("IPv4", [ep("10.1.0.1", "n1"), ep("10.1.0.3", "n3")])]),
+        ServiceSpec("far", topology, [("IPv4", [ep("10.2.0.2", "n2")])]),
+    ]
+    sim, cache, state = synced(nodes, services)
+    sim.patch_labels(NODES, None, LOCAL, {"location": "c"})
+    with caplog.at_level(logging.DEBUG, logger="cache.cluster"):
+        feed(cache, state, sim)
+    runs = [r.getMessage() for r in caplog.records if "re-filter (local node" in r.getMessage()]
+    assert len(runs) == 1 and ": 1 Services," in runs[0], runs  # "near" alone; "far" has no endpoint in a or c
+    assert_matches_oracle(cache, sim)

@@ -15,7 +15,7 @@ import pytest
 from filters.api import Filter, Malformed, NodeChange, Reads, ServedSlices, TopologyContext
 from filters.discard import DISCARD_CLOUD_SERVICES
 from filters.keys import TopologyKeys
-from filters.nodeport import NODEPORT_ISOLATION
+from filters.nodeport import NODEPORT_ISOLATION, POOL_LABEL
 from filters.pipeline import FILTERS, NO_POLICIES, Pipeline, describe, select
 from filters.topology import TOPOLOGY
 from kubeapi.resources import ENDPOINTS, ENDPOINTSLICES, SERVICES
@@ -28,23 +28,30 @@ class FakeIndex:
     """A ``filters.api.NodeIndex`` over plain tables: Services' keys, and where their endpoints are."""
 
     def __init__(self, nodes: Mapping[str, Mapping[str, str]], keys: Mapping[str, TopologyKeys],
-                 endpoints_on: Mapping[str, set[str]]) -> None:
+                 endpoints_on: Mapping[str, set[str]],
+                 other_reads: Mapping[str, Mapping[str, Reads]] | None = None) -> None:
         self.nodes = nodes
-        self.reads = {svc: TOPOLOGY.reads(k) for svc, k in keys.items()}
+        # Service -> filter name -> what that filter's policy for it reads.
+        self.reads: dict[str, dict[str, Reads]] = {svc: {TOPOLOGY.name: TOPOLOGY.reads(k)} for svc, k in keys.items()}
+        for svc, by_filter in (other_reads or {}).items():
+            self.reads.setdefault(svc, {}).update(by_filter)
         self.endpoints_on = endpoints_on
 
     @property
     def local_node(self) -> str:
         return LOCAL
 
-    def services_reading_label(self, key: str) -> Set[str]:
-        return {s for s, r in self.reads.items() if key in r.label_keys}
+    def _of(self, reader: str) -> dict[str, Reads]:
+        return {s: by_filter[reader] for s, by_filter in self.reads.items() if reader in by_filter}
 
-    def services_reading_presence(self) -> Set[str]:
-        return {s for s, r in self.reads.items() if r.node_presence}
+    def services_reading_label(self, reader: str, key: str) -> Set[str]:
+        return {s for s, r in self._of(reader).items() if key in r.label_keys}
 
-    def services_reading_local_label(self, key: str) -> Set[str]:
-        return {s for s, r in self.reads.items() if key in r.local_labels}
+    def services_reading_presence(self, reader: str) -> Set[str]:
+        return {s for s, r in self._of(reader).items() if r.node_presence}
+
+    def services_reading_local_label(self, reader: str, key: str) -> Set[str]:
+        return {s for s, r in self._of(reader).items() if key in r.local_labels}
 
     def services_on_node(self, node: str) -> Set[str]:
         return {s for s, nodes in self.endpoints_on.items() if node in nodes}
@@ -93,6 +100,25 @@ def test_topology_declares_the_node_labels_and_presence_its_decision_reads(polic
 def test_topology_names_exactly_the_services_a_node_change_can_affect(change: NodeChange,
                                                                      affected: set[str]) -> None:
     assert TOPOLOGY.affected(change, INDEX) == affected
+
+
+def test_one_filters_reads_never_widen_anothers_account_of_a_node_change() -> None:
+    # Two Services with a topology policy on "location" and a NodePort policy on the pool label;
+    # one has its endpoints far from the local node's old and new location domains.
+    pool = Reads(local_labels=frozenset({POOL_LABEL}))  # a NodePort policy's (tests/test_filter_nodeport.py)
+    index = FakeIndex(
+        NODES, {"near": keys("location"), "far": keys("location")},
+        {"near": {"a-2"}, "far": {"b-1"}},
+        other_reads={"near": {NODEPORT_ISOLATION.name: pool}, "far": {NODEPORT_ISOLATION.name: pool}},
+    )
+    pipeline = Pipeline([TOPOLOGY, NODEPORT_ISOLATION])
+    # The local node moves from a to c: only topology's near-local account, whatever else the
+    # Services' other policies read (the NodePort policy reads no "location").
+    relabel = NodeChange(LOCAL, {"location": "a"}, {"location": "c"}, local=True)
+    assert pipeline.affected_by_node_change(relabel, index) == {"near"}
+    # The local node's pool changes: both, by the NodePort filter's account.
+    repool = NodeChange(LOCAL, {"location": "a", POOL_LABEL: "p1"}, {"location": "a", POOL_LABEL: "p2"}, local=True)
+    assert pipeline.affected_by_node_change(repool, index) == {"near", "far"}
 
 
 def test_node_change_reports_moved_labels_and_every_label_of_a_node_that_comes_or_goes() -> None:
