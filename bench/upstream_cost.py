@@ -196,6 +196,20 @@ async def run(s: CostSettings) -> dict[str, Any]:
                     res["churn"][name] = {"count": count, "clients": {
                         c: {"bytes": v["bytes"] / count, "objects": v["objects"] / count} for c, v in per.items()}}
                 res["foreign_nodes"] = len(foreign)
+                # A restart (a DaemonSet rollout): each wrapper stops, writing its snapshot, and starts
+                # again from it (the same --cache-dir).
+                res["restart"] = {}
+                for user, mode in ((WRAPPER_PUBLISHER, "auto"), (WRAPPER_NODES, "nodes")):
+                    old = wps[user]
+                    await old.proc.stop()
+                    procs.remove(old.proc)
+                    await post_json(http, f"{up.ctl}/ctl/traffic/reset", {})
+                    log(f"restart: {user} from its snapshot")
+                    wp = await start_wrapper(http, WrapperSpec(user, s.hostname, up.url, f"{user}-token",
+                                                               ("--node-topology", mode)), tmp, s.results_dir)
+                    procs.append(wp.proc)
+                    after = await settle(http, up.ctl)
+                    res["restart"][user] = by_client(after["rows"]).get(user, {"bytes": 0, "objects": 0})
         finally:
             if replay is not None:
                 await replay.stop()
@@ -242,6 +256,11 @@ def rows_of(res: dict[str, Any]) -> list[Row]:
                         f"{mb(w['bytes'])}, {w['objects']:,} objects", f"kube-proxy {mb(kp['bytes'])}",
                         f"{ratio:.3f}x", f"<= {SYNC_RATIO_TARGET}x",
                         "met" if ratio <= SYNC_RATIO_TARGET else "NOT MET"))
+    for user, label in ((WRAPPER_PUBLISHER, "publisher mode"), (WRAPPER_NODES, "nodes mode")):
+        if user in res.get("restart", {}):
+            r = res["restart"][user]
+            rows.append(Row(f"restart from its snapshot: wrapper, {label}",
+                            f"{kb(r['bytes'])}, {r['objects']:,} objects", f"initial sync {mb(sync[user]['bytes'])}"))
     fh = churn["foreign_heartbeat"]["clients"]
     for user, label in ((WRAPPER_PUBLISHER, "publisher mode"), (WRAPPER_NODES, "nodes mode")):
         cost = fh[user]["bytes"]

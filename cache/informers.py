@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -131,10 +132,17 @@ class Informers:
         # A cache restored from disk already serves: its first syncs are spread over the relist
         # jitter (a fleet restarting together must not list in lockstep); one without syncs at once.
         restored = self.cache.ready
+        watchers = Counter(r.resource for r in self.reflectors.values())
         for name, reflector in self.reflectors.items():
             if reflector.resource in ALL:
                 # A first list below a restored cache's RVs means the apiserver went back.
                 reflector.rv = max(reflector.rv, self.cache.upstream_rv(reflector.resource))
+                if restored and watchers[reflector.resource] == 1:
+                    # The snapshot holds this resource's state at its RV: resume, not list (a
+                    # fleet restarting its wrappers then costs the apiserver the changes only).
+                    # Not where two reflectors share a resource's store (the Nodes, in the nodes
+                    # mode): its RV is the higher of theirs, so the other could miss events.
+                    reflector.machine.resume(self.cache.upstream_rv(reflector.resource))
             if restored:
                 reflector.machine.spread()
             self._tasks[name] = self._spawn(reflector)

@@ -32,7 +32,8 @@ machine watches (``WATCH``) until something only a new sync can repair.
 
 Every new round after the first waits a random part of ``relist_jitter`` first (so a fleet
 does not relist in lockstep), and so does the first one after ``spread()`` (a wrapper restored
-from a snapshot already serves; one without must sync at once).
+from a snapshot already serves; one without must sync at once). ``resume(rv)`` starts in
+``WATCH`` instead, for a resource whose state at ``rv`` the sink already holds (a snapshot).
 
 Inputs (methods the loop calls): ``list_page(body)``; ``watch_opened()``, ``event(ev, line)``
 for each decoded watch event (``line``: its bytes, kept instead of the object while streaming),
@@ -562,6 +563,17 @@ class ListWatch:
             self._say(logging.ERROR, f"upstream {self._name}: unexpected error; relisting", exc)
             self._disconnected()
             self._relist()
+
+    def resume(self, rv: int) -> None:
+        """Watch from ``rv`` instead of syncing: the sink already holds this resource's state at
+        ``rv`` (a restored snapshot). The apiserver then sends only what changed since, not the
+        whole state again; an RV it no longer has (410, too large) starts a sync round as usual."""
+        if rv <= 0:
+            return
+        self.rv = rv
+        self.phase = Phase.WATCH
+        self._say(logging.INFO, f"upstream {self._name}: resuming from resourceVersion {rv} (the restored "
+                  "snapshot's) instead of listing")
 
     def forget_rv(self) -> None:
         """Sync next, consistently, and take whatever RV that has: another resource saw the RVs go back."""

@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -250,3 +251,58 @@ async def test_a_failed_snapshot_write_keeps_the_previous_file_and_leaves_no_tem
     assert names_in(broken) == [snapshot.FILENAME], "the temporary file was removed"
     assert len([r for r in caplog.records if "cannot write cache snapshot" in r.getMessage()]) == 1
     assert (good / snapshot.FILENAME).read_bytes() == before
+
+
+SYNC_VERBS = ("list", "watchlist")
+
+
+def syncs(sim: Simulator, resource: Any) -> int:
+    """Whole-state reads of ``resource`` the simulator served: lists and streaming lists."""
+    return sum(sim.reads(resource.plural, verb) for verb in SYNC_VERBS)
+
+
+async def test_a_restarted_wrapper_resumes_its_watches_from_the_snapshot_instead_of_listing_again(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2):
+        await eventually(lambda: (tmp_path / snapshot.FILENAME).exists(), 10, "the snapshot file")
+    # Changes while no wrapper runs: a slice deleted, a Service relabelled.
+    [plain] = sim.list(ENDPOINTSLICES, "default", "kubernetes.io/service-name=plain-svc")
+    sim.delete(ENDPOINTSLICES, "default", plain["metadata"]["name"])
+    sim.patch_labels(SERVICES, "default", "plain-svc", {"restarted": "yes"})
+    before = {r.plural: syncs(sim, r) for r in (SERVICES, ENDPOINTSLICES)}
+    async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2) as second:
+        async def caught_up() -> bool:
+            slices = await list_items(second.url, ENDPOINTSLICES)
+            services = await list_items(second.url, SERVICES)
+            return (not any("plain" in k for k in slices)
+                    and services["default/plain-svc"]["metadata"].get("labels", {}).get("restarted") == "yes")
+
+        await eventually(caught_up, 15, "the changes made while it was down")
+        # The apiserver sent the changes only: no list and no streaming list of either resource.
+        assert {r.plural: syncs(sim, r) for r in (SERVICES, ENDPOINTSLICES)} == before
+        assert sim.reads(ENDPOINTSLICES.plural, "watch") >= 1
+        served = {r.plural: rvs(await list_items(second.url, r)) for r in (SERVICES, ENDPOINTSLICES)}
+    async with running_wrapper(sim.url) as fresh:  # no snapshot: what a full sync gives
+        assert {r.plural: rvs(await list_items(fresh.url, r)) for r in (SERVICES, ENDPOINTSLICES)} == served
+
+
+def rvs(items: dict[str, Any]) -> dict[str, str]:
+    return {k: v["metadata"]["resourceVersion"] for k, v in items.items()}
+
+
+async def test_a_snapshot_older_than_the_apiservers_history_is_relisted_and_the_changes_arrive(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2):
+        await eventually(lambda: (tmp_path / snapshot.FILENAME).exists(), 10, "the snapshot file")
+    [plain] = sim.list(ENDPOINTSLICES, "default", "kubernetes.io/service-name=plain-svc")
+    sim.delete(ENDPOINTSLICES, "default", plain["metadata"]["name"])
+    sim.compact()  # the snapshot's resourceVersion is no longer in the history: resuming gets 410
+    before = syncs(sim, ENDPOINTSLICES)
+    async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2) as second:
+        async def caught_up() -> bool:
+            return not any("plain" in k for k in await list_items(second.url, ENDPOINTSLICES))
+
+        await eventually(caught_up, 15, "the deletion made while it was down")
+        assert syncs(sim, ENDPOINTSLICES) == before + 1  # one sync, after the refused resume

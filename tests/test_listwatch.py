@@ -1013,3 +1013,30 @@ def test_every_relist_waits_a_random_part_of_the_jitter_window_and_the_first_syn
     rng.uniforms.clear()
     m.failed(TransportError("refused"))
     assert isinstance(m.next_action(), Sleep) and (0.0, 8.0) not in rng.uniforms
+
+
+def first_request(r: Rig) -> Any:
+    """The next request, past any back-off or jitter."""
+    action = r.machine.next_action()
+    while isinstance(action, Sleep):
+        action = r.machine.next_action()
+    return action
+
+
+def test_a_restored_resource_resumes_its_watch_from_the_snapshots_rv_and_syncs_only_once_refused() -> None:
+    r = rig()
+    r.machine.resume(42)
+    action = first_request(r)
+    assert isinstance(action, Watch)
+    assert action.params["resourceVersion"] == "42" and "sendInitialEvents" not in action.params
+    r.machine.watch_opened()
+    assert r.machine.event({"type": "MODIFIED", "object": node("a", 43)})
+    assert r.sink.calls == [("apply", "MODIFIED", "a", "43")]  # on top of the restored state
+    r.machine.failed(http_error(410, status(410, "Expired", "too old resource version: 43 (50)")))
+    assert isinstance(first_request(r), ListPage)  # the history is gone: a sync round, as after any 410
+
+
+def test_nothing_to_resume_from_means_a_sync_first() -> None:
+    r = rig()
+    r.machine.resume(0)
+    assert isinstance(first_request(r), ListPage)

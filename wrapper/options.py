@@ -174,8 +174,9 @@ def _upstream(p: argparse.ArgumentParser) -> None:
                    help="sync with streaming lists (watch with sendInitialEvents) where the apiserver serves them, "
                    "falling back to lists as client-go does (default on)")
     p.add_argument("--relist-jitter", type=non_negative, default=ReflectorSettings.relist_jitter, metavar="SECONDS",
-                   help="every relist (and the first sync of a wrapper restored from its snapshot) waits a random time "
-                   f"below this, so a fleet does not relist in lockstep (default {ReflectorSettings.relist_jitter:g})")
+                   help="every relist (and the first request of a wrapper restored from its snapshot) waits a random "
+                   "time below this, so a fleet does not relist in lockstep "
+                   f"(default {ReflectorSettings.relist_jitter:g})")
 
 
 def upstream_options(args: argparse.Namespace) -> UpstreamOptions:
