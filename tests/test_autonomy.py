@@ -261,14 +261,19 @@ def syncs(sim: Simulator, resource: Any) -> int:
     return sum(sim.reads(resource.plural, verb) for verb in SYNC_VERBS)
 
 
+async def snapshot_then_delete_the_plain_slice(sim: Simulator, cache_dir: Path) -> None:
+    """A wrapper runs until it has written its snapshot and stops; then, while none runs, the
+    plain Service's slice is deleted."""
+    async with running_wrapper(sim.url, cache_dir=cache_dir, snapshot_interval=0.2):
+        await eventually(lambda: (cache_dir / snapshot.FILENAME).exists(), 10, "the snapshot file")
+    [plain] = sim.list(ENDPOINTSLICES, "default", "kubernetes.io/service-name=plain-svc")
+    sim.delete(ENDPOINTSLICES, "default", plain["metadata"]["name"])
+
+
 async def test_a_restarted_wrapper_resumes_its_watches_from_the_snapshot_instead_of_listing_again(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2):
-        await eventually(lambda: (tmp_path / snapshot.FILENAME).exists(), 10, "the snapshot file")
-    # Changes while no wrapper runs: a slice deleted, a Service relabelled.
-    [plain] = sim.list(ENDPOINTSLICES, "default", "kubernetes.io/service-name=plain-svc")
-    sim.delete(ENDPOINTSLICES, "default", plain["metadata"]["name"])
+    await snapshot_then_delete_the_plain_slice(sim, tmp_path)
     sim.patch_labels(SERVICES, "default", "plain-svc", {"restarted": "yes"})
     before = {r.plural: syncs(sim, r) for r in (SERVICES, ENDPOINTSLICES)}
     async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2) as second:
@@ -294,10 +299,7 @@ def rvs(items: dict[str, Any]) -> dict[str, str]:
 async def test_a_snapshot_older_than_the_apiservers_history_is_relisted_and_the_changes_arrive(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2):
-        await eventually(lambda: (tmp_path / snapshot.FILENAME).exists(), 10, "the snapshot file")
-    [plain] = sim.list(ENDPOINTSLICES, "default", "kubernetes.io/service-name=plain-svc")
-    sim.delete(ENDPOINTSLICES, "default", plain["metadata"]["name"])
+    await snapshot_then_delete_the_plain_slice(sim, tmp_path)
     sim.compact()  # the snapshot's resourceVersion is no longer in the history: resuming gets 410
     before = syncs(sim, ENDPOINTSLICES)
     async with running_wrapper(sim.url, cache_dir=tmp_path, snapshot_interval=0.2) as second:
