@@ -263,8 +263,9 @@ class ListWatch:
         self._continue = ""
         self._list_rv = 0
         self._listed = 0
-        # The streaming list in progress: key -> the event's bytes, and whether it asked for an RV.
-        self._initial: dict[str, bytes] = {}
+        # The streaming list in progress: its initial events' bytes in arrival order, and whether
+        # it asked for an RV.
+        self._initial = InitialEvents()
         self._stream_asked_rv = False
         # The watch in progress: when it opened, and how many events it delivered.
         self._watch_opened_at = 0.0
@@ -383,12 +384,8 @@ class ListWatch:
         self._skipped = 0
 
     def _synced(self, items: Iterable[JSONDict], count: int, rv: int, how: str) -> None:
-        """A whole state at ``rv`` (a list, or a streaming list at its bookmark): to the sink, then watch."""
-        if self._skipped:
-            what = "initial event" if how == "stream" else "list item"
-            self._say(logging.WARNING, f"upstream {self._name}: skipped {self._skipped} malformed {what}"
-                      f"{'' if self._skipped == 1 else 's'}; took the rest")
-            self._skipped = 0
+        """A whole state at ``rv`` (a list, or a streaming list at its bookmark): to the sink, then
+        watch. A streaming list's items (``StreamItems``) count themselves as the sink takes them."""
         if rv < self.rv:
             # A sync is never older than an RV the apiserver has already served: its RVs went back.
             # Every resource has to start over (RVs are one counter).
@@ -397,6 +394,14 @@ class ListWatch:
             if self.on_regression is not None:
                 self.on_regression(self.rv, rv)
         self.sink.replace(self.resource, items, rv)
+        if isinstance(items, StreamItems):
+            count = items.taken
+            self._skipped += items.skipped
+        if self._skipped:
+            what = "initial event" if how == "stream" else "list item"
+            self._say(logging.WARNING, f"upstream {self._name}: skipped {self._skipped} malformed {what}"
+                      f"{'' if self._skipped == 1 else 's'}; took the rest")
+            self._skipped = 0
         self.rv = rv
         self._rv_unavailable = False
         st = self.state
@@ -426,7 +431,7 @@ class ListWatch:
             self._say(logging.DEBUG, f"upstream {self._name}: {doing}")
         self._watch_opened_at = self._clock()
         self._seen = 0
-        self._initial = {}
+        self._initial = InitialEvents()
 
     def event(self, ev: object, line: bytes = b"") -> bool:
         """One decoded watch event (``line``: its bytes, if at hand). False: stop reading this
@@ -488,8 +493,8 @@ class ListWatch:
                 return self._stream_broken(f"a bookmark with a bad resourceVersion: {exc}")
             annotations = meta.get("annotations") if isinstance(meta, dict) else None
             if isinstance(annotations, dict) and annotations.get(INITIAL_EVENTS_END) == "true":
-                initial, self._initial = self._initial, {}
-                self._synced(stream_items(initial), len(initial), rv, "stream")
+                initial, self._initial = self._initial, InitialEvents()
+                self._synced(initial.items(self._problem), 0, rv, "stream")
             return True
         if type_ not in ("ADDED", "MODIFIED", "DELETED"):
             return self._stream_broken(f"a watch event of unknown type {type_!r:.64}")
@@ -498,11 +503,17 @@ class ListWatch:
             # As a malformed list item: skipped, the rest is taken (said once, at the bookmark).
             self._skipped += 1
             return True
-        key = object_key(obj)
-        if type_ == "DELETED":
-            self._initial.pop(key, None)
-        else:
-            self._initial[key] = line or orjson.dumps({"object": obj})
+        self._initial.decoded(type_, object_key(obj), line or orjson.dumps({"object": obj}))
+        return True
+
+    def initial_line(self, line: bytes) -> bool:
+        """The hot path of a streaming list: True when ``line`` was taken undecoded, as an initial
+        ADDED event, to be decoded, checked and keyed once, when the list is whole; False when
+        the loop must decode it and call ``event``."""
+        if self.phase is not Phase.STREAM or not line.startswith(ADDED_PREFIX):
+            return False
+        self._seen += 1
+        self._initial.added(line)
         return True
 
     def undecodable(self, exc: Exception) -> None:
@@ -592,7 +603,7 @@ class ListWatch:
         self.phase = Phase.STREAM if stream else Phase.LIST
         self._announced = False
         self._start_list()
-        self._initial = {}
+        self._initial = InitialEvents()
 
     def _stream_failed(self, err: ApiError, how: str) -> None:
         """A streaming list answered ``err`` (as an HTTP answer or an ERROR event)."""
@@ -632,7 +643,7 @@ class ListWatch:
             self._stream_refused_at = self._clock()
         self.phase = Phase.LIST
         self._start_list()
-        self._initial = {}
+        self._initial = InitialEvents()
 
     def _expired(self, why: str, err: ApiError) -> None:
         """Our RV is not valid upstream: sync again. After a 410 the next sync still asks "not
@@ -675,7 +686,7 @@ class ListWatch:
         st.reconnects += 1
         if self.phase is not Phase.WATCH:
             self._start_list()  # a list starts over from its first page, a stream from its start
-            self._initial = {}
+            self._initial = InitialEvents()
         self._pause_for(retry_after)
         now = self._clock()
         wait = self._pause or 0.0
@@ -778,12 +789,70 @@ def list_items(pages: list[bytes], resource: Resource, metadata_only: bool = Fal
         del doc
 
 
-def stream_items(initial: dict[str, bytes]) -> Iterator[JSONDict]:
-    """The objects of a streaming list's initial events (checked when they arrived), decoded one
-    at a time; ``initial`` is consumed as it goes."""
-    while initial:
-        _key, line = initial.popitem()
-        obj: JSONDict = orjson.loads(line)["object"]
-        obj.pop("kind", None)
-        obj.pop("apiVersion", None)
-        yield obj
+# How the apiserver writes an initial event of a streaming list (a metav1.WatchEvent: its type,
+# then its object). Lines that start otherwise are decoded on arrival, as any watch event.
+ADDED_PREFIX = b'{"type":"ADDED","object":'
+
+
+class InitialEvents:
+    """A streaming list's initial events until its initial-events-end bookmark, as their bytes
+    in arrival order. The apiserver sends each object once, as ADDED: those lines are kept
+    undecoded (``added``). An event decoded on arrival (``decoded``: another form or type, e.g.
+    a MODIFIED or DELETED from a server that sends them) is keyed, and supersedes whatever came
+    before it for that key. Owned by one ``ListWatch``."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        # key -> the position of the last decoded event for it (a DELETED's line is b"").
+        self.last_decoded: dict[str, int] = {}
+
+    def added(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def decoded(self, type_: str, key: str, line: bytes) -> None:
+        self.last_decoded[key] = len(self.lines)
+        self.lines.append(b"" if type_ == "DELETED" else line)
+
+    def items(self, problem: Callable[[object], str | None]) -> StreamItems:
+        return StreamItems(self, problem)
+
+
+class StreamItems:
+    """The objects of a streaming list's initial events, decoded, checked (``problem``: the
+    reflector's checks) and keyed one at a time as the sink takes them, so the whole list never
+    exists decoded; the lines are dropped as they go. Counts what it yields and what it skips as
+    malformed. An object is yielded once: the first time its key comes, unless a decoded event
+    for that key comes later (that one wins)."""
+
+    def __init__(self, initial: InitialEvents, problem: Callable[[object], str | None]) -> None:
+        self._initial = initial
+        self._problem = problem
+        self.taken = 0
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[JSONDict]:
+        lines, last = self._initial.lines, self._initial.last_decoded
+        seen: set[str] = set()
+        problem = self._problem
+        for i in range(len(lines)):
+            line, lines[i] = lines[i], b""
+            if not line:
+                continue  # a DELETED
+            try:
+                ev = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self.skipped += 1
+                continue
+            obj = ev.get("object") if isinstance(ev, dict) else None
+            if not isinstance(obj, dict) or problem(obj) is not None:
+                self.skipped += 1
+                continue
+            key = object_key(obj)
+            if key in seen or last.get(key, i) > i:
+                continue  # sent twice, or superseded by a later decoded event
+            seen.add(key)
+            obj.pop("kind", None)
+            obj.pop("apiVersion", None)
+            self.taken += 1
+            yield obj
+        lines.clear()

@@ -132,6 +132,7 @@ class Reflector:
     async def _watch(self, path: str, action: Watch) -> None:
         machine = self.machine
         event = machine.event
+        initial_line = machine.initial_line
         loads = orjson.loads
         async with self.client.stream("GET", path, params=action.params, headers={"Accept": action.accept},
                                       read_timeout=None, total_timeout=action.deadline) as resp:
@@ -142,8 +143,8 @@ class Reflector:
                 if not line:
                     break
                 line = line.strip()
-                if not line:
-                    continue
+                if not line or initial_line(line):
+                    continue  # blank, or a streaming list's initial event, kept undecoded for now
                 try:
                     ev = loads(line)
                 except orjson.JSONDecodeError as exc:
