@@ -35,8 +35,9 @@ does not relist in lockstep), and so does the first one after ``spread()`` (a wr
 from a snapshot already serves; one without must sync at once). ``resume(rv)`` starts in
 ``WATCH`` instead, for a resource whose state at ``rv`` the sink already holds (a snapshot).
 
-Inputs (methods the loop calls): ``list_page(body)``; ``watch_opened()``, ``event(ev, line)``
-for each decoded watch event (``line``: its bytes, kept instead of the object while streaming),
+Inputs (methods the loop calls): ``list_page(body)``; ``watch_opened()``; ``initial_line(line)``
+first for each line (a streaming list's initial ADDED events are taken undecoded), then, for a
+line it did not take, ``event(ev, line)`` with the decoded event (``line``: its bytes),
 ``watch_ended()`` at the stream's normal end, ``undecodable(exc)`` for a line that is not JSON;
 ``failed(exc)`` for an ``ApiError``, a ``TransportError`` (``ReadTimeout``, ``UnreadableStream``)
 or anything else; ``forget_rv()``: another resource saw the resourceVersions go back.
