@@ -36,7 +36,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-import orjson
 
 from bench.processes import (
     Proc,
@@ -53,7 +52,7 @@ from bench.processes import (
     wait_ready,
 )
 from bench.procstat import cpu_seconds, memory_kb
-from bench.stats import Row, percentile, render
+from bench.stats import Row, percentile, publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_WRAPPERS = 100
@@ -276,11 +275,5 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     res = uvloop.run(run(s))
-    rows = rows_of(res)
-    table = render(rows)
-    res["table"] = [r.__dict__ for r in rows]
-    print(table)
-    path = args.json or s.results_dir / f"fleet-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
-    print(f"figures written to {path}")
+    publish(res, rows_of(res), args.json, s.results_dir, "fleet")
     return 0

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -66,3 +71,13 @@ def ms(seconds: float) -> str:
 def go_typical(lo: float, hi: float) -> float:
     """The middle of one of the Go original's ranges (``bench.run.GO_ORIGINAL``): its typical run."""
     return round((lo + hi) / 2, 3)
+
+
+def publish(res: dict[str, Any], rows: Sequence[Row], json_path: Path | None, results_dir: Path, name: str) -> None:
+    """Print a run's table, and write its figures (with the table) as JSON: to ``json_path``, or
+    to ``results_dir/<name>-<time>.json``."""
+    res["table"] = [r.__dict__ for r in rows]
+    print(render(rows))
+    path = json_path or results_dir / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
+    print(f"figures written to {path}")

@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
-
 from bench.processes import (
     Proc,
     UpstreamProc,
@@ -45,7 +43,7 @@ from bench.processes import (
 )
 from bench.procstat import memory_kb
 from bench.run import phase_full_list
-from bench.stats import Row, ms, render
+from bench.stats import Row, ms, publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"ready_s": 8.0, "bytes_per_endpoint": 1000.0, "list_ratio": 1.5}
@@ -205,11 +203,5 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     res = uvloop.run(run(s))
-    rows = rows_of(res)
-    table = render(rows)
-    res["table"] = [r.__dict__ for r in rows]
-    print(table)
-    path = args.json or s.results_dir / f"tenfold-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
-    print(f"figures written to {path}")
+    publish(res, rows_of(res), args.json, s.results_dir, "tenfold")
     return 0

@@ -48,7 +48,7 @@ from bench.processes import (
     start_upstream,
     start_wrapper,
 )
-from bench.stats import Row, render
+from bench.stats import Row, publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYNC_RATIO_TARGET = 1.15
@@ -325,11 +325,5 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     res = uvloop.run(run(s))
-    rows = rows_of(res)
-    table = render(rows)
-    res["table"] = [r.__dict__ for r in rows]
-    print(table)
-    path = args.json or s.results_dir / f"upstream-cost-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
-    print(f"figures written to {path}")
+    publish(res, rows_of(res), args.json, s.results_dir, "upstream-cost")
     return 0

@@ -230,15 +230,14 @@ async def test_kubeconfig_env_is_honoured_when_no_flag_is_given_and_the_log_says
                     seen.append(line)
             assert any(str(config) in line and sim.url in line for line in seen), seen
             async with aiohttp.ClientSession() as http:
-                async with asyncio.timeout(30):
-                    while True:
-                        try:
-                            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                                if resp.status == 200:
-                                    break
-                        except aiohttp.ClientError:
-                            pass
-                        await asyncio.sleep(0.05)  # polling the condition (the process's readiness)
+                async def ready() -> bool:
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                            return resp.status == 200
+                    except aiohttp.ClientError:
+                        return False
+
+                await eventually(ready, 30, "the wrapper's /readyz 200")
         finally:
             proc.terminate()
             await proc.wait()

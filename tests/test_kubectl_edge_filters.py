@@ -8,7 +8,6 @@ the node moves to hangzhou; and must never see the cloud-only Service, until it 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.support.edge_seed import CLOUD_LB, NODE_PORT, NODEPORT_SVC, SHANGHAI,
 from tests.support.kubectl import Kubectl, run_kubectl
 from tests.support.kubectl_watch import KubectlWatch
 from tests.support.stack import running_simulator, wait_ready
+from tests.support.waiting import eventually
 from tests.test_kubectl_matrix import KUBECTLS, _bounded, _need
 from wrapper.compose import Running, start_wrapper, stop_wrapper
 
@@ -103,8 +103,5 @@ def events(w: KubectlWatch) -> list[tuple[str, str]]:
 
 
 async def wait_for_watchers(wrapper: Running, n: int) -> None:
-    for _ in range(500):
-        if len(wrapper.watches) >= n:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{len(wrapper.watches)} watches open, expected {n}")
+    await eventually(lambda: len(wrapper.watches) >= n, 10, f"{n} watches open",
+                     detail=lambda: f"{len(wrapper.watches)} open")
