@@ -144,60 +144,12 @@ def _service_problem(obj: dict[str, Any]) -> str | None:
 def _slice_problem(obj: dict[str, Any]) -> str | None:
     if not isinstance(obj.get("addressType"), str):
         return f"addressType is {_kind_of(obj.get('addressType'))}, not a string"
-    endpoints = obj.get("endpoints")
-    if endpoints is not None:
-        if type(endpoints) is not list:
-            return f"endpoints is {_kind_of(endpoints)}, not a list"
-        if not _endpoints_plainly_fine(endpoints) and (problem := _endpoint_problem(endpoints)):
-            return problem
-    return _ports_problem(obj.get("ports"), "ports")
-
-
-def _endpoints_plainly_fine(endpoints: list[Any]) -> bool:
-    """The hot loop of the reflector's checks (up to 100 endpoints per slice, on every event and
-    every item of a sync): plain type tests, unrolled, no message. False sends the slice to the
-    slow walk, which says what is wrong (or finds nothing: a dict subclass, say)."""
-    for ep in endpoints:
-        if type(ep) is not dict:
-            return False
-        addresses = ep.get("addresses")
-        if addresses is not None:
-            if type(addresses) is not list:
-                return False
-            for address in addresses:
-                if type(address) is not str:
-                    return False
-        v = ep.get("nodeName")
-        if v is not None and type(v) is not str:
-            return False
-        v = ep.get("zone")
-        if v is not None and type(v) is not str:
-            return False
-        v = ep.get("hostname")
-        if v is not None and type(v) is not str:
-            return False
-        conditions = ep.get("conditions")
-        if conditions is not None:
-            if type(conditions) is not dict:
-                return False
-            v = conditions.get("ready")
-            if v is not None and type(v) is not bool:
-                return False
-            v = conditions.get("serving")
-            if v is not None and type(v) is not bool:
-                return False
-            v = conditions.get("terminating")
-            if v is not None and type(v) is not bool:
-                return False
-    return True
-
-
-def _endpoint_problem(endpoints: list[Any]) -> str | None:
-    """What is wrong with a slice's endpoints, said precisely (the slow walk, once the fast one
-    found something)."""
+    endpoints, problem = _list_of_objects(obj.get("endpoints"), "endpoints")
+    if problem:
+        return problem
+    # The hot loop of the reflector's checks (up to 100 endpoints per slice, on every event):
+    # plain type tests, and a message only once something is wrong.
     for i, ep in enumerate(endpoints):
-        if not isinstance(ep, dict):
-            return f"endpoints[{i}] is {_kind_of(ep)}, not an object"
         addresses = ep.get("addresses")
         if addresses is not None:
             if type(addresses) is not list:
@@ -217,7 +169,7 @@ def _endpoint_problem(endpoints: list[Any]) -> str | None:
                 flag = conditions.get(field)
                 if flag is not None and type(flag) is not bool:
                     return f"endpoints[{i}].conditions.{field} is {_kind_of(flag)}, not a boolean"
-    return None
+    return _ports_problem(obj.get("ports"), "ports")
 
 
 _ENDPOINT_STRINGS = ("nodeName", "zone", "hostname")
