@@ -339,8 +339,15 @@ class ClusterCache:
         """While loading: each listed object is handled as ``items`` yields it, so a reflector
         that decodes its pages one at a time never has the whole list decoded; what the list
         lacks is deleted after."""
-        store, handle = self._stores[resource.plural], self._handlers[resource.plural]
         # No event is published while loading: there is no resourceVersion to publish at (0).
+        self._take_list(resource, items, rv)
+        if self._all_listed():
+            self._finish_load()
+
+    def _take_list(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
+        """Put a whole list of ``resource`` in its store, through its handler, as it is consumed;
+        what the list lacks of what the store held is deleted."""
+        store, handle = self._stores[resource.plural], self._handlers[resource.plural]
         if not store.objects:  # the first list of a resource: nothing to replace or delete
             for obj in items:
                 handle("ADDED", object_key(obj), obj, 0)
@@ -355,8 +362,6 @@ class ClusterCache:
         store.rv = rv
         store.listed = True
         self._kept.add(resource.plural)
-        if self._all_listed():
-            self._finish_load()
 
     def _all_listed(self) -> bool:
         """Whether everything the load waits for has listed: the stores of the resources that
@@ -368,20 +373,11 @@ class ClusterCache:
         """A list of an optional resource whose view is not loaded (its informer just started):
         staged and loaded by itself, while the other views go on publishing. What the list lacks
         of what the store kept is deleted."""
-        store, handle = self._stores[resource.plural], self._handlers[resource.plural]
         self._publisher.start_alone(resource)
-        seen: set[str] = set()
-        for obj in items:
-            key = object_key(obj)
-            seen.add(key)
-            handle("MODIFIED" if key in store.objects else "ADDED", key, obj, 0)
-        for key in [k for k in store.objects if k not in seen]:
-            handle(DELETED, key, store.objects[key].obj(), 0)
-        store.rv = rv
-        store.listed = True
-        self._kept.add(resource.plural)
+        self._take_list(resource, items, rv)
         self._publisher.finish_alone(resource, rv)
-        log.info("cache %s: loaded %d objects at resourceVersion %d", resource.plural, len(store.objects), rv)
+        log.info("cache %s: loaded %d objects at resourceVersion %d", resource.plural,
+                 len(self._stores[resource.plural].objects), rv)
 
     def _relist(self, resource: Resource, items: Iterable[JSONDict], rv: int) -> None:
         """After the first sync: what changed since the store's state, as events.
