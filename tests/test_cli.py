@@ -8,11 +8,13 @@ import os
 import socket
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from cache.buildinfo import VERSION
 from tests.support.waiting import eventually
 from wrapper.options import build_parser, parse_address
 
@@ -241,3 +243,10 @@ async def test_kubeconfig_env_is_honoured_when_no_flag_is_given_and_the_log_says
         finally:
             proc.terminate()
             await proc.wait()
+
+
+def test_the_installed_package_metadata_carries_the_version_the_wrapper_reports() -> None:
+    # The wrapper reports cache.buildinfo.VERSION without reading its metadata; pyproject.toml
+    # takes the version from there, so an install can never say another.
+    assert metadata.version("application-grid-wrapper") == VERSION
+    assert run_cli("--version").stdout.split()[1] == VERSION
