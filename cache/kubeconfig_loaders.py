@@ -3,7 +3,9 @@
 ``import kubernetes_asyncio.config`` runs the package's ``__init__``, which imports the whole
 generated client: about 1,300 modules and 35 MB of resident memory in a process whose memory
 target is 250 MB, for model classes we never build (objects stay plain dicts). The loaders
-themselves only need ``Configuration`` (and name ``ApiClient`` for a helper we do not call).
+themselves only need ``Configuration``; they name ``ApiClient`` only for the helpers that build
+one (``new_client_from_config``), which we never call, so a placeholder stands in for it: the
+real module imports dateutil and a thread pool, about 2% of the time to ready.
 
 So the two package ``__init__`` modules are replaced by empty package modules pointing at the
 real directories, and the few real submodules the loaders import are loaded from there. That
@@ -52,6 +54,15 @@ def load() -> Loaders:
     return Loaders(config, client.Configuration, False)
 
 
+class GeneratedClientNotLoaded:
+    """What ``kubernetes_asyncio.client.ApiClient`` is in the light import: the loaders' helpers
+    that would build the generated client fail loudly instead."""
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("kubernetes_asyncio's generated API client is not loaded in this process "
+                           "(cache.kubeconfig_loaders); use cache.apiclient.ApiClient")
+
+
 def _load_light() -> tuple[Any, Any]:
     spec = importlib.util.find_spec("kubernetes_asyncio")
     if spec is None or spec.origin is None:
@@ -72,8 +83,7 @@ def _load_light() -> tuple[Any, Any]:
     sys.modules["kubernetes_asyncio"].client = client  # type: ignore[attr-defined]
     client.models = sys.modules["kubernetes_asyncio.client.models"]  # type: ignore[attr-defined]
     configuration = importlib.import_module("kubernetes_asyncio.client.configuration")
-    api_client = importlib.import_module("kubernetes_asyncio.client.api_client")
     client.Configuration = configuration.Configuration  # type: ignore[attr-defined]
-    client.ApiClient = api_client.ApiClient  # type: ignore[attr-defined]
+    client.ApiClient = GeneratedClientNotLoaded  # type: ignore[attr-defined]
     config = importlib.import_module("kubernetes_asyncio.config")
     return config, configuration.Configuration

@@ -61,6 +61,8 @@ PROBE = """
             "modules": len(mods), "models": sum(m.startswith("kubernetes_asyncio.client.models.") for m in mods),
             "api": any(m == "kubernetes_asyncio.client.api" or m.startswith("kubernetes_asyncio.client.api.")
                        for m in mods),
+            "api_client": "kubernetes_asyncio.client.api_client" in sys.modules,
+            "dateutil": "dateutil" in sys.modules,
         }}))
 
     {prelude}
@@ -77,6 +79,28 @@ def test_an_exec_plugin_kubeconfig_loads_without_the_generated_api_models(tmp_pa
     assert got["light"] is True, "the light import fell back to the whole package"
     assert got["models"] == 0 and got["api"] is False
     assert isinstance(got["modules"], int) and got["modules"] < 40  # the whole package is about 1,300
+    # Nor the generated API client's own module, and what only it imports (time to ready).
+    assert got["api_client"] is False and got["dateutil"] is False
+
+
+def test_the_loaders_helpers_that_would_build_the_generated_client_fail_loudly(tmp_path: Path) -> None:
+    cfg = exec_plugin_kubeconfig(tmp_path)
+    code = f"""
+        import asyncio, json
+        from cache import kubeconfig_loaders
+
+        async def main():
+            loaders = kubeconfig_loaders.load()
+            try:
+                await loaders.config.new_client_from_config(config_file={str(cfg)!r})
+            except RuntimeError as exc:
+                print(json.dumps({{"light": loaders.light, "error": str(exc)}}))
+
+        asyncio.run(main())
+    """
+    got = run_python(code, tmp_path)
+    assert got["light"] is True
+    assert "generated API client is not loaded" in str(got["error"])
 
 
 def test_the_installed_kubernetes_asyncio_is_within_the_range_the_light_import_was_checked_on() -> None:
