@@ -53,7 +53,7 @@ async def test_after_sync_automatic_collection_stops_and_timed_young_passes_free
     task = asyncio.create_task(manage_heap(ready, young_interval=0.05, full_interval=3600, clock=clock,
                                            sleep=clock.sleep))
     await one_loop_step()  # the schedule has started: it waits for the sync
-    assert gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER), "young-only while the first sync runs"
+    assert gc.get_threshold() == (NEVER, NEVER, NEVER), "no collection while the first sync runs"
     assert gc.isenabled() and gc.get_freeze_count() == 0
     ready.set()
     await eventually(lambda: clock.pending, what="the schedule to wait for its first timed pass")
@@ -71,6 +71,27 @@ async def test_after_sync_automatic_collection_stops_and_timed_young_passes_free
     with pytest.raises(asyncio.CancelledError):
         await task
     assert gc.isenabled(), "stopping the manager gives automatic collection back"
+
+
+async def test_a_first_sync_past_its_grace_gets_young_collections_so_a_retrying_one_cannot_pile_up_cycles() -> None:
+    clock = FakeClock()
+    ready = asyncio.Event()
+    task = asyncio.create_task(manage_heap(ready, sync_grace=2.0, clock=clock, sleep=clock.sleep))
+    await eventually(lambda: clock.pending, what="the schedule to wait for the sync and its grace")
+    assert gc.get_threshold() == (NEVER, NEVER, NEVER)
+    clock.advance(1.9)
+    await one_loop_step()
+    assert gc.get_threshold() == (NEVER, NEVER, NEVER), "still within the grace"
+    clock.advance(0.1)
+    await eventually(lambda: gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER),
+                     what="automatic young collections once the grace is over")
+    garbage = cyclic_garbage()
+    live = [Node() for _ in range(YOUNG_THRESHOLD * 2)]  # enough allocations to trigger a young collection
+    assert garbage() is None, "the collector runs on its own again while the sync goes on"
+    del live
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_the_full_pass_reclaims_cycles_that_died_after_being_frozen() -> None:

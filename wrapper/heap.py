@@ -5,7 +5,13 @@ collector scans it: its young-generation trigger counts allocations minus deallo
 cache every new object replaces an old one, so young collections grew large and stalled the loop
 for milliseconds at a time (measured on CPython 3.11; see bench/ and README "Benchmark").
 
-So after the first sync automatic collection is off, and a young collection runs on a timer
+The first sync runs with no collection at all: what it allocates is the cache, which survives,
+and a young collection would only scan it (about 3% of the time to ready, bench/); the full pass
+right after the sync finds the few cycles it made. A first sync still running after
+``SYNC_GRACE`` seconds (a big cluster, or an apiserver that keeps failing) gets automatic young
+collections again, so the cycles its failures leave cannot pile up while it retries.
+
+After the first sync automatic collection is off, and a young collection runs on a timer
 instead (its pause is bounded by what one interval can allocate); its survivors are frozen at
 once, so no collection scans them again. Cycles that die after being frozen wait for the hourly
 pass that unfreezes and collects everything. After the first sync and every minute,
@@ -32,8 +38,9 @@ from typing import Literal
 
 log = logging.getLogger("application_grid_wrapper.heap")
 
-YOUNG_THRESHOLD = 2_000  # automatic young collections during the first sync
+YOUNG_THRESHOLD = 2_000  # automatic young collections during a first sync past its grace
 NEVER = 1_000_000_000  # older generations are left to the full pass
+SYNC_GRACE = 2.0  # seconds of the first sync without any collection
 YOUNG_INTERVAL = 0.05  # seconds between timed young collections after the sync
 
 # The interpreter the regime was measured on (the image's, Dockerfile).
@@ -46,12 +53,15 @@ GC_TUNING_MODES: tuple[GcTuning, ...] = ("auto", "on", "off")
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018 (musl has no malloc_trim: not glibc)
-    except (OSError, AttributeError):
-        return None
-    return libc
+    # glibc's soname first: ``find_library`` runs ldconfig in a subprocess, at every start.
+    for name in ("libc.so.6", None):
+        try:
+            libc = ctypes.CDLL(name or ctypes.util.find_library("c"))
+            libc.malloc_trim  # noqa: B018 (musl has no malloc_trim: not glibc)
+        except (OSError, AttributeError, TypeError):
+            continue
+        return libc
+    return None
 
 
 _LIBC = _glibc()
@@ -62,8 +72,8 @@ def trim() -> bool:
     return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False
 
 
-def young_only() -> None:
-    gc.set_threshold(YOUNG_THRESHOLD, NEVER, NEVER)
+def young_only(threshold: int = YOUNG_THRESHOLD) -> None:
+    gc.set_threshold(threshold, NEVER, NEVER)
 
 
 def maintenance(*, unfreeze: bool) -> tuple[int, float]:
@@ -78,15 +88,25 @@ def maintenance(*, unfreeze: bool) -> tuple[int, float]:
 
 
 async def manage_heap(
-    ready: asyncio.Event, *, young_interval: float = YOUNG_INTERVAL, trim_interval: float = 60.0,
+    ready: asyncio.Event, *, young_interval: float = YOUNG_INTERVAL, sync_grace: float = SYNC_GRACE,
+    trim_interval: float = 60.0,
     full_interval: float = 3600.0, clock: Callable[[], float] | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
     """The schedule, until cancelled: see the module's docstring. Wrappers run it through ``HEAP``;
     the benchmark's own processes run it directly. ``clock`` (default: the loop's) and ``sleep``
     are what the timed passes read and wait with: tests pass a fake clock's."""
-    young_only()  # the first sync allocates the whole cache: keep automatic runs small meanwhile
-    await ready.wait()
+    young_only(NEVER)  # the first sync allocates the cache, which survives: nothing to collect
+
+    async def past_grace() -> None:
+        await sleep(sync_grace)
+        young_only()
+
+    grace = asyncio.create_task(past_grace(), name="heap-sync-grace")
+    try:
+        await ready.wait()
+    finally:
+        grace.cancel()
     collected, took = maintenance(unfreeze=False)
     log.debug("heap frozen after sync: %d objects collected in %.0f ms", collected, took * 1000)
     now_of = clock if clock is not None else asyncio.get_running_loop().time
