@@ -21,6 +21,7 @@ annotation is present but unusable, so the caller can decide and log once.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -112,7 +113,23 @@ def parse_topology_keys(annotations: Mapping[str, str] | None) -> TopologyKeys |
     return None
 
 
+# Thousands of Services carry the same few values: each is parsed once. Only short ones are kept
+# (a real value is a few keys), so hostile annotations cannot grow the cache's memory.
+_MEMO_VALUE_MAX = 512
+
+
 def _parse_superedge(raw_value: object) -> TopologyKeys | MalformedKeys:
+    if isinstance(raw_value, str) and len(raw_value) <= _MEMO_VALUE_MAX:
+        return _parse_superedge_memo(raw_value)
+    return _parse_superedge_value(raw_value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_superedge_memo(raw_value: str) -> TopologyKeys | MalformedKeys:
+    return _parse_superedge_value(raw_value)
+
+
+def _parse_superedge_value(raw_value: object) -> TopologyKeys | MalformedKeys:
     source = SUPEREDGE_ANNOTATION
 
     def bad(reason: str) -> MalformedKeys:

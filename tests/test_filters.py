@@ -211,7 +211,7 @@ def test_malformed_superedge_annotation_still_wins_over_a_valid_openyurt_one() -
 
 def test_topology_keys_are_hashable_value_objects_with_label_and_hostname_views() -> None:
     a = keys(HOST, "location", "*")
-    b = keys(HOST, "location", "*")
+    b = TopologyKeys(keys=a.keys, wildcard=a.wildcard, source=a.source)
     assert a == b and hash(a) == hash(b) and a is not b
     assert a != keys(HOST, "location")
     assert a.label_keys == frozenset({"location"})
@@ -219,6 +219,19 @@ def test_topology_keys_are_hashable_value_objects_with_label_and_hostname_views(
     assert not keys("location").uses_hostname
     assert keys("*").label_keys == frozenset()
     assert len({a, b}) == 1
+
+
+def test_services_that_carry_the_same_short_annotation_share_one_parsed_policy() -> None:
+    # Thousands of Services carry the same value: it is parsed once (and the Services' policies
+    # are one object). A long value is parsed each time, so hostile ones cannot grow the memo.
+    value = json.dumps([HOST, "location", "*"])
+    assert parse_topology_keys({SUPEREDGE_ANNOTATION: value}) is parse_topology_keys({SUPEREDGE_ANNOTATION: value})
+    bad = json.dumps(["x" * 20])[:-1]  # not JSON: a malformed value is remembered too
+    first = parse_topology_keys({SUPEREDGE_ANNOTATION: bad})
+    assert isinstance(first, MalformedKeys) and parse_topology_keys({SUPEREDGE_ANNOTATION: bad}) is first
+    long_value = json.dumps(["location", *(f"k{i}" for i in range(300))])
+    once, again = (parse_topology_keys({SUPEREDGE_ANNOTATION: long_value}) for _ in range(2))
+    assert isinstance(once, MalformedKeys) and once == again and once is not again
 
 
 # --- filtering: table of scenarios -------------------------------------------------------
