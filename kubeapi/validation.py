@@ -82,6 +82,18 @@ def _optional_str(obj: dict[str, Any], field: str, where: str) -> str | None:
     return f"{where}.{field} is {_kind_of(value)}, not a string"
 
 
+def _port_problem(port: dict[str, Any]) -> str | None:
+    """What is wrong with one port object (its location is the caller's to add)."""
+    number = port.get("port")
+    if number is not None and (type(number) is not int):  # a bool is not an int here
+        return f"port is {_kind_of(number)}, not an integer"
+    for field in ("name", "protocol", "appProtocol"):
+        value = port.get(field)
+        if value is not None and type(value) is not str:
+            return f"{field} is {_kind_of(value)}, not a string"
+    return None
+
+
 def _list_of_objects(value: object, what: str) -> tuple[list[dict[str, Any]], str | None]:
     """(the list, None), or ([], why) when ``value`` is not null or a list of objects."""
     if value is None:
@@ -99,12 +111,9 @@ def _ports_problem(value: object, what: str) -> str | None:
     if problem:
         return problem
     for i, port in enumerate(ports):
-        number = port.get("port")
-        if number is not None and (not isinstance(number, int) or isinstance(number, bool)):
-            return f"{what}[{i}].port is {_kind_of(number)}, not an integer"
-        for field in ("name", "protocol", "appProtocol"):
-            if problem := _optional_str(port, field, f"{what}[{i}]"):
-                return problem
+        # The location is only written out for a port that is wrong (every object has ports).
+        if problem := _port_problem(port):
+            return f"{what}[{i}].{problem}"
     return None
 
 
@@ -144,12 +153,16 @@ def _service_problem(obj: dict[str, Any]) -> str | None:
 def _slice_problem(obj: dict[str, Any]) -> str | None:
     if not isinstance(obj.get("addressType"), str):
         return f"addressType is {_kind_of(obj.get('addressType'))}, not a string"
-    endpoints, problem = _list_of_objects(obj.get("endpoints"), "endpoints")
-    if problem:
-        return problem
+    endpoints = obj.get("endpoints")
+    if endpoints is None:
+        endpoints = []
+    elif type(endpoints) is not list:
+        return f"endpoints is {_kind_of(endpoints)}, not a list"
     # The hot loop of the reflector's checks (up to 100 endpoints per slice, on every event):
     # plain type tests, and a message only once something is wrong.
     for i, ep in enumerate(endpoints):
+        if type(ep) is not dict:
+            return f"endpoints[{i}] is {_kind_of(ep)}, not an object"
         addresses = ep.get("addresses")
         if addresses is not None:
             if type(addresses) is not list:
