@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import sys
 import weakref
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from cache.apiclient import ApiClient
 from tests.support.fake_clock import FakeClock
 from tests.support.stack import wait_ready
 from tests.support.waiting import eventually, one_loop_step
-from wrapper.compose import Running, start_wrapper, stop_wrapper
+from wrapper.compose import Running, StartupError, start_wrapper, stop_wrapper
 from wrapper.heap import HEAP, MEASURED_ON, NEVER, YOUNG_THRESHOLD, HeapManager, manage_heap, trim
 from wrapper.options import build_parser
 
@@ -187,11 +188,26 @@ async def test_on_another_interpreter_auto_declines_once_and_on_forces_the_regim
     assert forced is not None
     assert other.running, "forced on"
     assert gc.get_freeze_count() > 0, "what the process held before its first wrapper is frozen at once"
-    await eventually(lambda: gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER), 5,
-                   "young-only collection while the first sync runs")
+    assert gc.get_threshold() == (NEVER, NEVER, NEVER), \
+        "no collection from the hold on, before the loop runs anything (a snapshot restored right after)"
     await forced.release()
     await forced.release()  # releasing twice lets go once
     assert gc_state() == before and other.holders == 0
+
+
+async def test_a_wrapper_that_cannot_start_gives_the_collector_back(sim: Simulator) -> None:
+    before = gc_state()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    client = ApiClient(sim.url)
+    try:
+        with pytest.raises(StartupError):
+            await start_wrapper(client, "bj-1", taken.getsockname()[:2], gc_tuning="on")
+    finally:
+        taken.close()
+        await client.close()
+    assert gc_state() == before and not HEAP.running
 
 
 def test_holders_from_an_event_loop_that_ended_do_not_pin_the_regime() -> None:

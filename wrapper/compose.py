@@ -115,51 +115,57 @@ async def start_wrapper(
     upstream = upstream or UpstreamOptions()
     cache = ClusterCache(hostname, pipeline=pipeline if pipeline is not None else Pipeline())
     informers = Informers(client, cache, reflect, options=upstream)
-    persister = None
-    if cache_dir is not None:
-        identity = Identity(hostname, client.base_url)
-        restore(cache, cache_dir, identity)
-        persister = Persister(cache, cache_dir, identity, snapshot_interval)
-    watches = WatchRegistry()
-    metrics = Metrics(cache, informers, watches)
-
-    def ready() -> bool:
-        if not cache.ready:
-            return False
-        return offline_grace is None or informers.offline_for() < offline_grace
-
-    limits = limits or ConnectionLimits()
-    guard = ConnectionGuard(limits)
-    # With the Endpoints informer off, Endpoints reads pass through to the apiserver.
-    views = {plural: view for plural, view in cache.views.items()
-             if plural != ENDPOINTS.plural or upstream.endpoints != "off"}
-    app = build_app(views, ready, client, serve, registry=watches,
-                    middlewares=[guard.middleware(), metrics.middleware()], authorizer=authorizer,
-                    checks=lambda: ready_checks(cache), demand=informers, notes=informers.upstream_note)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None,
-                           keepalive_timeout=limits.idle_timeout)
-    url = await _listen(runner, bind, tls, guard)
-    debug_runner = None
-    debug_url = ""
-    if debug is not None:
-        debug_guard = ConnectionGuard(limits)
-        debug_app = Debug(cache, informers, watches, metrics, profiling=profiling).app()
-        debug_app.middlewares.insert(0, debug_guard.middleware())
-        debug_runner = web.AppRunner(debug_app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None,
-                                     keepalive_timeout=limits.idle_timeout)
-        try:
-            debug_url = await _listen(debug_runner, debug, None, debug_guard)
-        except StartupError:
-            await runner.cleanup()
-            raise
+    # Held before a snapshot is restored: restoring is the first sync's work, done at once.
     heap = HEAP.hold(cache.ready_event, gc_tuning)
-    informers.start()
-    if persister is not None:
-        persister.start()
-    local_node = LocalNodeMonitor(cache, local_node_warn_every)
-    local_node.start()
-    return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister, local_node, guard,
-                   heap)
+    try:
+        persister = None
+        if cache_dir is not None:
+            identity = Identity(hostname, client.base_url)
+            restore(cache, cache_dir, identity)
+            persister = Persister(cache, cache_dir, identity, snapshot_interval)
+        watches = WatchRegistry()
+        metrics = Metrics(cache, informers, watches)
+
+        def ready() -> bool:
+            if not cache.ready:
+                return False
+            return offline_grace is None or informers.offline_for() < offline_grace
+
+        limits = limits or ConnectionLimits()
+        guard = ConnectionGuard(limits)
+        # With the Endpoints informer off, Endpoints reads pass through to the apiserver.
+        views = {plural: view for plural, view in cache.views.items()
+                 if plural != ENDPOINTS.plural or upstream.endpoints != "off"}
+        app = build_app(views, ready, client, serve, registry=watches,
+                        middlewares=[guard.middleware(), metrics.middleware()], authorizer=authorizer,
+                        checks=lambda: ready_checks(cache), demand=informers, notes=informers.upstream_note)
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None,
+                               keepalive_timeout=limits.idle_timeout)
+        url = await _listen(runner, bind, tls, guard)
+        debug_runner = None
+        debug_url = ""
+        if debug is not None:
+            debug_guard = ConnectionGuard(limits)
+            debug_app = Debug(cache, informers, watches, metrics, profiling=profiling).app()
+            debug_app.middlewares.insert(0, debug_guard.middleware())
+            debug_runner = web.AppRunner(debug_app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None,
+                                         keepalive_timeout=limits.idle_timeout)
+            try:
+                debug_url = await _listen(debug_runner, debug, None, debug_guard)
+            except StartupError:
+                await runner.cleanup()
+                raise
+        informers.start()
+        if persister is not None:
+            persister.start()
+        local_node = LocalNodeMonitor(cache, local_node_warn_every)
+        local_node.start()
+        return Running(runner, informers, cache, url, watches, debug_runner, debug_url, persister, local_node, guard,
+                       heap)
+    except BaseException:
+        if heap is not None:
+            await heap.release()
+        raise
 
 
 def ready_checks(cache: ClusterCache) -> list[ReadyCheck]:

@@ -185,6 +185,9 @@ class HeapManager:
             # What the process holds before a wrapper starts (imports, flags, config) lives as long
             # as the process: frozen now, so the post-sync collection scans only what wrappers allocated.
             gc.freeze()
+            # At once, not when the schedule's task first runs: a snapshot restored right after
+            # this call is the first sync's work, done before the loop runs anything else.
+            young_only(NEVER)
             self._synced = asyncio.Event()
             self._task = loop.create_task(manage_heap(self._synced), name="heap")
         assert self._synced is not None
