@@ -1,4 +1,5 @@
-"""The system CA bundle is loaded after start-up, never skipped: wrapper.trust and the entry point."""
+"""The process entry: the system CA bundle loaded after start-up, never skipped (wrapper.trust),
+and the program imported with the collector off and frozen after."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_nothing_deferred_starts_no_thread() -> None:
 
 
 PROBE = """
-import json, sys, threading
+import gc, json, sys, threading
 sys.argv = ["application-grid-wrapper", "--version"]
 from wrapper.__main__ import main
 try:
@@ -74,7 +75,8 @@ before = aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"]
 timer.cancel()
 timer.function(*timer.args)
 after = aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"]
-print(json.dumps({"before": before, "after": after, "daemon": timer.daemon, "delay": timer.interval}))
+print(json.dumps({"before": before, "after": after, "daemon": timer.daemon, "delay": timer.interval,
+                  "gc": gc.isenabled(), "frozen": gc.get_freeze_count()}))
 """
 
 
@@ -88,3 +90,5 @@ def test_the_entry_point_imports_aiohttp_without_the_bundle_and_a_daemon_thread_
     assert got["before"] == 0, "aiohttp's default context was made without the system bundle"
     assert got["after"] == 1, "and gets it from the deferred load"
     assert got["daemon"] is True and got["delay"] >= 10, "late, and never keeping the process alive"
+    # The imports ran with the collector off; what they made is frozen, and the collector is back.
+    assert got["gc"] is True and got["frozen"] > 10_000
