@@ -61,6 +61,8 @@ def figures(res: dict[str, Any]) -> list[Figure]:
                           ready < go_typical(*go["ready_s"])))
         out.append(Figure("time to ready / plain list of all resources", ready / res["baseline_list_all_s"], _x))
         out.append(Figure("empty-cluster time to ready", res["empty_wrapper"]["ready_s"], _s))
+        if "restart" in res:
+            out.append(Figure("time to ready, restart from its snapshot", res["restart"]["ready_s"], _s))
         rss = res["memory_at_ready"]["rss_mb"]
         out.append(Figure("RSS at ready", rss, _mb, f"< {go_typical(*go['rss_at_ready_mb']):g} MB (Go's typical)",
                           rss < go_typical(*go["rss_at_ready_mb"])))

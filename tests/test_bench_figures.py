@@ -12,6 +12,7 @@ from apisim import Simulator
 from apisim.seeds import HEADLESS, servicegrid_demo
 from bench.kube_proxy import KubeProxyReplay
 from bench.ranges import range_rows
+from bench.run import rows_of
 from bench.upstream_cost import KUBE_PROXY, PUBLISHER, WRAPPER_NODES, WRAPPER_PUBLISHER, CostSettings, by_client, hourly
 from kubeapi.resources import ENDPOINTSLICES, SERVICES
 from tests.support.stack import running_simulator
@@ -80,11 +81,15 @@ def test_upstream_cost_sums_each_client_and_scales_each_change_by_its_rate_per_h
     assert hour[KUBE_PROXY]["bookmark_bytes"] > 0 and hour[WRAPPER_NODES]["bookmark_bytes"] == 0
 
 
-def run_result(ready: float, rss: float) -> dict[str, Any]:
-    return {"targets": {}, "go_original": {"ready_s": (0.3, 0.7), "rss_at_ready_mb": (100.0, 124.0),
-                                           "hop_p50_ms": (0.2, 0.55)},
-            "ready": {"ready_s": ready}, "baseline_list_all_s": 0.2,
-            "empty_wrapper": {"ready_s": 0.2, "rss_mb": 50.0}, "memory_at_ready": {"rss_mb": rss}}
+def run_result(ready: float, rss: float, restart: float | None = None) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "targets": {}, "go_original": {"ready_s": (0.3, 0.7), "rss_at_ready_mb": (100.0, 124.0),
+                                       "hop_p50_ms": (0.2, 0.55)},
+        "ready": {"ready_s": ready}, "baseline_list_all_s": 0.2,
+        "empty_wrapper": {"ready_s": 0.2, "rss_mb": 50.0}, "memory_at_ready": {"rss_mb": rss}}
+    if restart is not None:
+        res["restart"] = {"ready_s": restart, "starts": [restart]}
+    return res
 
 
 def test_ranges_over_runs_mark_a_row_met_in_some_runs_only_as_flipping() -> None:
@@ -95,3 +100,13 @@ def test_ranges_over_runs_mark_a_row_met_in_some_runs_only_as_flipping() -> None
     assert ready.verdict == "FLIPS (2/3 met)"
     assert rows["RSS at ready"].verdict == "met"
     assert rows["empty-cluster RSS"].verdict == ""
+
+
+def test_a_restart_from_the_snapshot_is_reported_beside_the_cold_start() -> None:
+    runs = [run_result(0.45, 90.0, restart=0.5), run_result(0.44, 90.0, restart=0.52)]
+    rows = {r.metric: r for r in range_rows(runs)}
+    restart = rows["time to ready, restart from its snapshot"]
+    assert restart.value == "0.500 s - 0.520 s" and restart.verdict == ""
+    suite = {r.metric.split(" (")[0]: r for r in rows_of(run_result(0.45, 90.0, restart=0.5) | {
+        "ready": {"ready_s": 0.45, "starts": [{"ready_s": 0.45}]}})}
+    assert suite["time to ready, restart from its snapshot"].baseline == "cold start 0.450 s"
