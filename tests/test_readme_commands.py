@@ -220,13 +220,8 @@ async def run(text: str, env: dict[str, str], timeout: float = 60) -> tuple[int,
     return proc.returncode, out.decode(), err.decode()
 
 
-@contextlib.asynccontextmanager
-async def started(text: str, env: dict[str, str], ready: Callable[[str], bool], what: str
-                  ) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str]]]:
-    """A long-running command, until ``ready`` accepts what it printed; SIGTERM at the end, exit 0 expected."""
-    proc = await asyncio.create_subprocess_exec("bash", "-c", text, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, start_new_session=True)
-    assert proc.stdout is not None
+def collect_output(proc: asyncio.subprocess.Process) -> tuple[list[str], asyncio.Task[None]]:
+    """What ``proc`` prints on stdout, line by line as it comes, and the task that reads it."""
     printed: list[str] = []
 
     async def read() -> None:
@@ -234,7 +229,16 @@ async def started(text: str, env: dict[str, str], ready: Callable[[str], bool], 
         async for raw in proc.stdout:
             printed.append(raw.decode())
 
-    reader = asyncio.create_task(read())
+    return printed, asyncio.create_task(read())
+
+
+@contextlib.asynccontextmanager
+async def started(text: str, env: dict[str, str], ready: Callable[[str], bool], what: str
+                  ) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str]]]:
+    """A long-running command, until ``ready`` accepts what it printed; SIGTERM at the end, exit 0 expected."""
+    proc = await asyncio.create_subprocess_exec("bash", "-c", text, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    printed, reader = collect_output(proc)
     try:
         await eventually(lambda: ready("".join(printed)) or proc.returncode is not None, 60, what)
         assert proc.returncode is None, f"{text!r} exited {proc.returncode}: {''.join(printed)}"
@@ -312,14 +316,7 @@ async def started_watch(text: str, env: dict[str, str], what: str
     """A kubectl watch: up once it printed the state; ended (SIGTERM) when the block ends."""
     proc = await asyncio.create_subprocess_exec("bash", "-c", f"exec {text}", cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    printed: list[str] = []
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            printed.append(raw.decode())
-
-    reader = asyncio.create_task(read())
+    printed, reader = collect_output(proc)
     try:
         await eventually(lambda: "servicegrid-demo-svc" in "".join(printed) or proc.returncode is not None, 30, what)
         assert proc.returncode is None, f"{text!r} exited {proc.returncode}"
